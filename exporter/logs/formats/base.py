@@ -1,0 +1,62 @@
+"""What every log format produces: records, with no I/O and no knowledge of Prometheus."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Kind(enum.Enum):
+    """What a record describes, so signals know which values are which."""
+
+    TRAIN = "train"  # a training step's logged values
+    EVAL = "eval"  # one evaluation on held-out data
+    SUMMARY = "summary"  # end-of-run aggregates (e.g. HF's train_runtime line): not a step
+
+
+class Event(enum.Enum):
+    """Things a log says happened, counted rather than gauged."""
+
+    OOM = "oom"  # CUDA/host out-of-memory seen in the log
+    LOSS_SCALE_OVERFLOW = "loss_scale_overflow"  # fp16 overflow: step skipped, loss scale lowered
+
+
+@dataclass(slots=True)
+class Record:
+    """One thing a log line (or event, or document entry) said.
+
+    ``values`` keeps the keys exactly as the framework wrote them (``eval_loss``, ``lm loss``,
+    ``val loss``); the vocabulary maps them to canonical names later. Values are floats and may
+    be NaN or infinite: hiding those is exactly what must not happen.
+    """
+
+    values: dict[str, float] = field(default_factory=dict)
+    kind: Kind = Kind.TRAIN
+    step: int | None = None
+    event: Event | None = None
+    # Facts about the run: hyperparameters, max_steps, batch size. Numbers or short strings.
+    meta: dict[str, float | str] = field(default_factory=dict)
+    # (done, total) from a progress bar such as tqdm's "50/1000".
+    progress: tuple[int, int] | None = None
+    # When the log itself says the value was written (TensorBoard's wall_time), if it says.
+    wall_time: float | None = None
+
+
+class ParseError(ValueError):
+    """A line that belongs to this format but cannot be read (counted, then skipped)."""
+
+
+def to_float(text: str) -> float:
+    """Parse a number as frameworks print it: nan, inf, -inf, NaN, Infinity, 1.0E+00, '2.5'."""
+    cleaned = text.strip().strip("'\"").strip()
+    lowered = cleaned.lower()
+    if lowered in ("nan", "+nan", "-nan"):
+        return float("nan")
+    if lowered in ("inf", "+inf", "infinity", "+infinity"):
+        return float("inf")
+    if lowered in ("-inf", "-infinity"):
+        return float("-inf")
+    try:
+        return float(cleaned)
+    except ValueError:
+        raise ParseError(f"not a number: {text[:40]!r}") from None
