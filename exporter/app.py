@@ -1,0 +1,105 @@
+"""Wiring: settings into collectors, a registry and a server; and the serve loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from .collector_base import Collector
+from .config import Config
+from .logs.sources import LogFollower, LogSpec
+from .registry import build_registry
+from .server import MetricsServer
+from .training.collector import TrainingCollector
+from .training.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def log_specs(config: Config) -> list[LogSpec]:
+    return [LogSpec(path=entry.path, format=entry.format, source=entry.source,
+                    patterns=tuple((p.pattern, p.kind) for p in entry.patterns))
+            for entry in config.logs]
+
+
+def make_follower(config: Config, keep_history: bool = False) -> LogFollower:
+    return LogFollower(
+        log_specs(config), config.signals, Vocabulary(config.vocabulary),
+        max_line_bytes=config.follow.max_line_bytes,
+        poll_interval=config.follow.poll_interval_seconds,
+        rescan_interval=config.follow.rescan_interval_seconds,
+        keep_history=keep_history,
+    )
+
+
+def make_collectors(config: Config, follower: LogFollower) -> list[Collector]:
+    enabled = config.collectors
+    collectors: list[Collector] = []
+    if enabled.get("training", True):
+        collectors.append(TrainingCollector(follower))
+    gpu = None
+    if enabled.get("gpu", True):
+        from .hardware.gpu import GpuCollector
+
+        gpu = GpuCollector(poll_interval=config.gpu.poll_interval_seconds)
+        collectors.append(gpu)
+    if enabled.get("host", True):
+        from .hardware.host import HostCollector
+
+        collectors.append(HostCollector(filesystem_paths=config.host.filesystem_paths, per_cpu=config.host.per_cpu))
+    if enabled.get("process", True):
+        from .hardware.process import ProcessCollector
+
+        collectors.append(ProcessCollector(
+            pid_file=config.process.pid_file,
+            cmdline_pattern=config.process.cmdline_pattern,
+            gpu_pids=gpu.gpu_pids if (gpu is not None and config.process.from_gpu) else None,
+        ))
+    return collectors
+
+
+class Exporter:
+    """The running exporter: collectors started, the HTTP server listening."""
+
+    def __init__(self, config: Config) -> None:
+        self.follower = make_follower(config)
+        self.collectors = make_collectors(config, self.follower)
+        training_enabled = config.collectors.get("training", True)
+        self.registry = build_registry(self.collectors)
+        self.server = MetricsServer(config.web.listen_address, self.registry,
+                                    is_ready=(lambda: self.follower.ready) if training_enabled else (lambda: True))
+
+    def start(self) -> None:
+        for collector in self.collectors:
+            collector.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        for collector in self.collectors:
+            try:
+                collector.stop()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("error stopping collector %s", collector.name)
+
+
+def serve(config: Config, on_started=None) -> int:
+    """Run until SIGTERM or SIGINT; stop within about a second."""
+    exporter = Exporter(config)
+    stopping = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    exporter.start()
+    host, port = exporter.server.httpd.server_address[:2]
+    log.info("listening on %s:%d; following %d log path(s)", host or "0.0.0.0", port, len(config.logs))
+    if on_started is not None:
+        on_started(exporter)
+    stopping.wait()
+    exporter.stop()
+    return 0

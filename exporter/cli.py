@@ -1,0 +1,149 @@
+"""The ``training-exporter`` command: serve (the default), inspect, demo.
+
+Flags follow node_exporter's style (``--web.listen-address``, ``--collector.gpu`` /
+``--no-collector.gpu``). Flags override the config file. A mistake stops the start with one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import COLLECTORS, LOG_LEVELS, Config, ConfigError, LogConfig, load_file, validate
+from .logs.formats import ALL_FORMATS
+
+USAGE_EXIT = 2
+SUBCOMMANDS = ("serve", "inspect", "demo")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
+    parser.add_argument("--format", choices=("auto", *ALL_FORMATS), metavar="NAME",
+                        help="force the format of the --log paths (default: detect per file). "
+                             f"One of: auto, {', '.join(ALL_FORMATS)}")
+    parser.add_argument("--signals.patience", dest="patience", type=int, metavar="N",
+                        help="evaluations without improvement that make a plateau (default 5)")
+    parser.add_argument("--signals.min-delta", dest="min_delta", type=float, metavar="X",
+                        help="an improvement must beat the best by more than this (default 0)")
+    parser.add_argument("--signals.mode", dest="mode", choices=("min", "max"),
+                        help="min: lower validation value is better (default); max: higher is better")
+    parser.add_argument("--signals.monitor", dest="monitor", metavar="KEY",
+                        help="the evaluated key whose best and patience are tracked (default validation_loss)")
+
+
+def _serve_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Serve Prometheus metrics from training logs, GPUs and the host.")
+    parser.add_argument("--version", action="version", version=f"training-exporter {__version__}")
+    parser.add_argument("--log", action="append", metavar="PATH", default=None,
+                        help="a log file, glob or directory to follow (repeatable)")
+    _add_log_flags(parser)
+    parser.add_argument("--web.listen-address", dest="listen_address", metavar="ADDR",
+                        help="address to serve on (default :9945)")
+    parser.add_argument("--log.level", dest="log_level", choices=LOG_LEVELS, help="logging level (default info)")
+    for name in COLLECTORS:
+        parser.add_argument(f"--collector.{name}", dest=f"collector_{name}", default=None,
+                            action=argparse.BooleanOptionalAction, help=f"enable the {name} collector (default on)")
+    parser.add_argument("--gpu.poll-interval", dest="gpu_poll", type=_positive_float, metavar="SECONDS",
+                        help="NVML poll interval (default 1)")
+    parser.add_argument("--host.filesystem-path", dest="fs_paths", action="append", metavar="PATH",
+                        help="report free space of the filesystem holding PATH (repeatable)")
+    parser.add_argument("--process.pid-file", dest="pid_file", metavar="FILE",
+                        help="file holding the training process's PID")
+    parser.add_argument("--process.cmdline-pattern", dest="cmdline_pattern", metavar="REGEX",
+                        help="find the training process by its command line")
+    return parser
+
+
+def _apply_common(config: Config, args: argparse.Namespace) -> Config:
+    signals = config.signals
+    overrides = {k: getattr(args, k) for k in ("patience", "min_delta", "mode", "monitor")
+                 if getattr(args, k, None) is not None}
+    if overrides:
+        import dataclasses
+
+        config.signals = dataclasses.replace(signals, **overrides)
+    return config
+
+
+def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config:
+    config = load_file(args.config) if args.config else Config()
+    if logs:
+        config.logs = [LogConfig(path=path, format=args.format or "auto") for path in logs]
+    elif args.format:
+        for entry in config.logs:
+            entry.format = args.format
+    _apply_common(config, args)
+    for name in COLLECTORS:
+        flag = getattr(args, f"collector_{name}", None)
+        if flag is not None:
+            config.collectors[name] = flag
+    if getattr(args, "listen_address", None):
+        config.web.listen_address = args.listen_address
+    if getattr(args, "log_level", None):
+        config.log_level = args.log_level
+    if getattr(args, "gpu_poll", None):
+        config.gpu.poll_interval_seconds = args.gpu_poll
+    if getattr(args, "fs_paths", None):
+        config.host.filesystem_paths = args.fs_paths
+    if getattr(args, "pid_file", None):
+        config.process.pid_file = args.pid_file
+    if getattr(args, "cmdline_pattern", None):
+        config.process.cmdline_pattern = args.cmdline_pattern
+    validate(config, "command line" if not args.config else f"{args.config} (with flags)")
+    return config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "serve"
+    if argv and argv[0] in SUBCOMMANDS:
+        argv = argv[1:]
+    try:
+        if command == "inspect":
+            from .inspect import run_inspect
+
+            return run_inspect(argv)
+        if command == "demo":
+            from .demo import run_demo
+
+            return run_demo(argv)
+        args = _serve_parser("training-exporter").parse_args(argv)
+        config = config_from_args(args, args.log)
+        if not config.logs and config.collectors.get("training", True):
+            print("training-exporter: error: no logs to follow: give --log PATH or 'logs' in --config "
+                  "(or --no-collector.training to serve hardware metrics only)", file=sys.stderr)
+            return USAGE_EXIT
+        _setup_logging(config.log_level)
+        from .app import serve
+
+        return serve(config)
+    except ConfigError as error:
+        print(f"training-exporter: error: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    except OSError as error:
+        # e.g. the listen address is taken: say which, in one line.
+        print(f"training-exporter: error: {error.strerror or error}", file=sys.stderr)
+        return 1

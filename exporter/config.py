@@ -1,0 +1,227 @@
+"""YAML config and command-line flags into typed settings.
+
+Every mistake stops the start with one line that names the file, the key and what was
+expected: ``ConfigError`` carries that line, and the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .logs.formats import ALL_FORMATS
+from .training.signals import SignalSettings
+
+COLLECTORS = ("training", "gpu", "host", "process")
+
+
+class ConfigError(Exception):
+    """A one-line, user-facing description of a configuration mistake."""
+
+
+@dataclass
+class PatternConfig:
+    pattern: str
+    kind: str = "train"  # train, eval or summary
+
+
+@dataclass
+class LogConfig:
+    path: str
+    format: str = "auto"
+    source: str | None = None
+    patterns: list[PatternConfig] = field(default_factory=list)  # for format "regex"
+
+
+@dataclass
+class WebConfig:
+    listen_address: str = ":9945"
+
+
+@dataclass
+class FollowConfig:
+    poll_interval_seconds: float = 0.1  # used only where inotify is unavailable
+    rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
+    max_line_bytes: int = 1 << 20
+
+
+@dataclass
+class GpuConfig:
+    poll_interval_seconds: float = 1.0
+
+
+@dataclass
+class HostConfig:
+    filesystem_paths: list[str] = field(default_factory=list)
+    per_cpu: bool = False
+
+
+@dataclass
+class ProcessConfig:
+    pid_file: str | None = None
+    cmdline_pattern: str | None = None
+    from_gpu: bool = True  # fall back to a process using the GPU
+
+
+@dataclass
+class Config:
+    logs: list[LogConfig] = field(default_factory=list)
+    web: WebConfig = field(default_factory=WebConfig)
+    log_level: str = "info"
+    follow: FollowConfig = field(default_factory=FollowConfig)
+    signals: SignalSettings = field(default_factory=SignalSettings)
+    vocabulary: dict[str, list[str]] = field(default_factory=dict)
+    collectors: dict[str, bool] = field(default_factory=lambda: {name: True for name in COLLECTORS})
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def load_file(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    config = build(Config, data, path, "")
+    validate(config, path)
+    return config
+
+
+def build(cls, data, filename: str, where: str):
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: {where or 'top level'}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{filename}: unknown key {path!r} (expected one of: {', '.join(fields)})")
+        kwargs[key] = _convert(hints[key], value, filename, path)
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{filename}: {where or 'top level'}: missing key {missing[0]!r}")
+    if cls is Config and "collectors" in kwargs:
+        kwargs["collectors"] = {**{name: True for name in COLLECTORS}, **kwargs["collectors"]}
+    return cls(**kwargs)
+
+
+def _convert(hint, value, filename: str, path: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(hint, value, filename, path)
+    if dataclasses.is_dataclass(hint):
+        if hint is PatternConfig and isinstance(value, str):
+            value = {"pattern": value}
+        if hint is LogConfig and isinstance(value, str):
+            value = {"path": value}
+        return build(hint, value, filename, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{filename}: {path}: expected a list, got {_kind(value)}")
+        return [_convert(args[0], item, filename, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{filename}: {path}: expected a mapping, got {_kind(value)}")
+        return {str(k): _convert(args[1], v, filename, f"{path}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{filename}: {path}: expected true or false, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{filename}: {path}: expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{filename}: {path}: expected a whole number, got {_kind(value)}")
+        return value
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{filename}: {path}: expected a string, got {_kind(value)}")
+        return str(value)
+    return value
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {str(value)[:40]!r}", bool: f"{value}".lower()}.get(
+        type(value), f"{type(value).__name__} {value!r}"[:60])
+
+
+def validate(config: Config, filename: str) -> None:
+    """Checks that go beyond types; each names the key at fault."""
+    from .server import parse_listen_address
+
+    try:
+        parse_listen_address(config.web.listen_address)
+    except ValueError as error:
+        raise ConfigError(f"{filename}: web.listen_address: {error}") from None
+    if config.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"{filename}: log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    for name in config.collectors:
+        if name not in COLLECTORS:
+            raise ConfigError(f"{filename}: unknown collector 'collectors.{name}' (expected one of: {', '.join(COLLECTORS)})")
+    for i, entry in enumerate(config.logs):
+        where = f"logs[{i}]"
+        if entry.format not in ("auto", *ALL_FORMATS):
+            raise ConfigError(f"{filename}: {where}.format: unknown format {entry.format!r} "
+                              f"(expected auto or one of: {', '.join(ALL_FORMATS)})")
+        if entry.format == "regex" and not entry.patterns:
+            raise ConfigError(f"{filename}: {where}.patterns: format regex needs at least one pattern")
+        if entry.patterns and entry.format != "regex":
+            raise ConfigError(f"{filename}: {where}.patterns: patterns need format: regex")
+        for j, pattern in enumerate(entry.patterns):
+            if pattern.kind not in ("train", "eval", "summary"):
+                raise ConfigError(f"{filename}: {where}.patterns[{j}].kind: expected train, eval or summary")
+            try:
+                compiled = re.compile(pattern.pattern)
+            except re.error as error:
+                raise ConfigError(f"{filename}: {where}.patterns[{j}]: invalid regular expression: {error}") from None
+            if not compiled.groupindex:
+                raise ConfigError(f"{filename}: {where}.patterns[{j}]: the pattern has no named group "
+                                  "such as (?P<loss>...)")
+    s = config.signals
+    if s.mode not in ("min", "max"):
+        raise ConfigError(f"{filename}: signals.mode: expected min or max, got {s.mode!r}")
+    checks = [("signals.min_delta", s.min_delta >= 0, "0 or more"),
+              ("signals.patience", s.patience >= 1, "1 or more"),
+              ("signals.spike_window", s.spike_window >= 1, "1 or more"),
+              ("signals.spike_factor", s.spike_factor > 1, "more than 1"),
+              ("signals.spike_min_points", s.spike_min_points >= 1, "1 or more"),
+              ("signals.max_keys", s.max_keys >= 1, "1 or more"),
+              ("follow.poll_interval_seconds", config.follow.poll_interval_seconds > 0, "more than 0"),
+              ("follow.rescan_interval_seconds", config.follow.rescan_interval_seconds > 0, "more than 0"),
+              ("follow.max_line_bytes", config.follow.max_line_bytes >= 1024, "1024 or more"),
+              ("gpu.poll_interval_seconds", config.gpu.poll_interval_seconds > 0, "more than 0")]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{filename}: {key}: expected {expected}")
+    if config.process.cmdline_pattern:
+        try:
+            re.compile(config.process.cmdline_pattern)
+        except re.error as error:
+            raise ConfigError(f"{filename}: process.cmdline_pattern: invalid regular expression: {error}") from None

@@ -1,0 +1,123 @@
+"""Following one file the way ``tail -F`` does, knowing nothing of what the bytes mean.
+
+A poll returns what happened since the last poll, in order: data, the end of a file that was
+rotated away, and resets (the file was truncated or rewritten from the top). It survives a file
+that does not exist yet, rotation by rename, copy-truncate, truncation in place, a file
+rewritten whole, deletion, and a symlink switched to a new target.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+FINGERPRINT_BYTES = 512  # how much of the file's head identifies its content
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Data:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EndOfFile:
+    """The file read so far was replaced by another: its last partial line is complete."""
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Reading starts again at the top of the same path; ``reason`` is truncated or rewritten."""
+
+    reason: str
+
+
+class FileFollower:
+    def __init__(self, path: str, max_bytes_per_poll: int = 64 << 20) -> None:
+        self.path = path
+        self.max_bytes_per_poll = max_bytes_per_poll
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._offset = 0
+        self._fingerprint = b""
+        self._last_stat: tuple[int, int] | None = None  # (size, mtime_ns) at the last poll
+        self.mtime: float | None = None  # the file's mtime when data was last read
+        self.exists = False
+        self.at_end = False  # the last poll read everything there was
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def poll(self) -> list[Data | EndOfFile | Reset]:
+        out: list[Data | EndOfFile | Reset] = []
+        try:
+            path_stat = os.stat(self.path)
+        except OSError:
+            path_stat = None
+        self.exists = path_stat is not None
+
+        if self._fd is not None and path_stat is not None and \
+                (path_stat.st_dev, path_stat.st_ino) != self._identity:
+            # Renamed away (rotation) or a symlink now points elsewhere: finish the old file
+            # first, since the writer may have appended to it after our last look.
+            self._read_available(out, limit=None)
+            out.append(EndOfFile())
+            self.close()
+        if self._fd is None:
+            if path_stat is None:
+                self.at_end = True  # nothing to read yet; the file will be waited for
+                return out
+            self._open()
+            if self._fd is None:
+                self.at_end = True
+                return out
+
+        stat = os.fstat(self._fd)
+        signature = (stat.st_size, stat.st_mtime_ns)
+        if signature != self._last_stat:
+            self._last_stat = signature
+            if stat.st_size < self._offset:
+                out.append(Reset("truncated"))
+                self._restart()
+            elif self._fingerprint and not self._head_matches():
+                out.append(Reset("rewritten"))
+                self._restart()
+        self._read_available(out, limit=self.max_bytes_per_poll)
+        return out
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        stat = os.fstat(fd)
+        self._fd = fd
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._last_stat = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self._offset = 0
+        self._fingerprint = b""
+
+    def _head_matches(self) -> bool:
+        head = os.pread(self._fd, len(self._fingerprint), 0)
+        return head == self._fingerprint
+
+    def _read_available(self, out: list, limit: int | None) -> None:
+        read = 0
+        while limit is None or read < limit:
+            chunk = os.pread(self._fd, READ_CHUNK, self._offset)
+            if not chunk:
+                self.at_end = True
+                self.mtime = os.fstat(self._fd).st_mtime if read else self.mtime
+                return
+            if len(self._fingerprint) < FINGERPRINT_BYTES and self._offset < FINGERPRINT_BYTES:
+                self._fingerprint = (self._fingerprint + chunk)[:FINGERPRINT_BYTES]
+            self._offset += len(chunk)
+            read += len(chunk)
+            out.append(Data(chunk))
+        self.at_end = False  # more is waiting: the next poll continues
+        self.mtime = os.fstat(self._fd).st_mtime

@@ -1,0 +1,69 @@
+"""Bytes into lines: newline and carriage-return separated, capped, decoded forgivingly."""
+
+from __future__ import annotations
+
+import re
+
+_SEPARATORS = re.compile(rb"[\r\n]")
+
+
+class LineSplitter:
+    """Cuts a byte stream into text lines.
+
+    * ``\\r`` ends a line too: tqdm redraws its bar with ``\\r``, and when stdout and stderr are
+      merged the bar is glued to the log line that follows it.
+    * A partial last line is held until its end arrives (the writer may be mid-line).
+    * Lines longer than ``max_line_bytes`` are dropped whole and counted: a 10 MB line must not
+      cost 10 MB of memory.
+    * Invalid UTF-8 is replaced, NUL bytes removed: the parsers never see undecodable text.
+    """
+
+    def __init__(self, max_line_bytes: int = 1 << 20) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._tail = b""
+        self._skipping = False  # inside an over-long line, discarding until its end
+        self.too_long = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        if not data:
+            return []
+        parts = _SEPARATORS.split(data)
+        first = parts[0]
+        if self._skipping:
+            if len(parts) > 1:
+                self._skipping = False
+            first = None
+        elif self._tail:
+            first = self._tail + first
+        self._tail = b""
+        tail = parts.pop()
+        if len(parts) == 0:
+            # No separator in this chunk: the whole chunk continues the current line.
+            tail = first if first is not None else None
+        elif first is not None:
+            parts[0] = first
+        else:
+            parts = parts[1:]
+        lines = [self._decode(p) for p in parts if p]
+        if tail is not None and not self._skipping:
+            if len(tail) > self.max_line_bytes:
+                self.too_long += 1
+                self._skipping = True
+            else:
+                self._tail = tail
+        return [line for line in lines if line is not None]
+
+    def flush(self) -> list[str]:
+        """The writer is gone (the file was rotated away): its unterminated last line is whole."""
+        tail, self._tail, self._skipping = self._tail, b"", False
+        line = self._decode(tail) if tail else None
+        return [line] if line else []
+
+    def _decode(self, raw: bytes) -> str | None:
+        if len(raw) > self.max_line_bytes:
+            self.too_long += 1
+            return None
+        if b"\x00" in raw:
+            raw = raw.replace(b"\x00", b"")
+        text = raw.decode("utf-8", "replace").strip()
+        return text or None

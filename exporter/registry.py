@@ -1,0 +1,69 @@
+"""Runs every collector at scrape time, each timed and fenced off from the others, and adds the
+exporter's own health: per-collector success and duration, node_exporter style."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from . import __version__
+from .collector_base import Collector, CollectorUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class CollectorSet:
+    """The one object registered with prometheus_client: yields every collector's families."""
+
+    def __init__(self, collectors: list[Collector]) -> None:
+        self.collectors = collectors
+        self._reported: dict[str, str] = {}  # collector -> the failure last logged, to log each once
+
+    def collect(self) -> Iterable[Metric]:
+        success = GaugeMetricFamily("training_exporter_collector_success",
+                                    "1 when the collector's last scrape succeeded.", labels=["collector"])
+        duration = GaugeMetricFamily("training_exporter_collector_duration_seconds",
+                                     "How long the collector's last scrape took.", labels=["collector"])
+        for collector in self.collectors:
+            started = time.perf_counter()
+            try:
+                families = list(collector.collect())
+                ok = 1
+            except CollectorUnavailable as error:
+                families, ok = [], 0
+                self._report(collector.name, f"collector {collector.name} is not working: {error}", exc=False)
+            except Exception as error:  # noqa: BLE001 - one collector's bug must not fail the scrape
+                families, ok = [], 0
+                self._report(collector.name, f"collector {collector.name} failed: {error!r}", exc=True)
+            else:
+                self._reported.pop(collector.name, None)
+            yield from families
+            success.add_metric([collector.name], ok)
+            duration.add_metric([collector.name], time.perf_counter() - started)
+        yield success
+        yield duration
+        build = InfoMetricFamily("training_exporter_build", "The exporter's version and runtime.")
+        build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+        yield build
+
+    def _report(self, name: str, message: str, exc: bool) -> None:
+        if self._reported.get(name) == message:
+            return
+        self._reported[name] = message
+        if exc:
+            log.exception(message)
+        else:
+            log.warning(message)
+
+
+def build_registry(collectors: list[Collector]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CollectorSet(collectors))
+    ProcessCollector(registry=registry)  # the exporter's own CPU and memory, as process_*
+    return registry

@@ -1,0 +1,290 @@
+"""Training semantics, per source: best-so-far, patience, non-finite values, spikes, progress.
+
+Knows nothing of files or Prometheus. A reader feeds ``SourceState.apply`` with records and the
+time they were observed; the collector reads a ``snapshot`` at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..logs.formats.base import Event, Kind, Record
+from .vocabulary import Vocabulary, normalise
+
+# Canonical values that have a dedicated metric; every other key goes to the generic gauge.
+DEDICATED = ("loss", "validation_loss", "learning_rate", "grad_norm", "epoch",
+             "tokens_per_second", "samples_per_second", "loss_scale")
+
+MAX_META_STRING = 64
+RATE_WINDOW_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class SignalSettings:
+    """How signals are judged; every field is a config key under ``signals``."""
+
+    monitor: str = "validation_loss"  # the evaluated value whose best and patience are tracked
+    mode: str = "min"  # "min": lower is better (a loss); "max": higher is better (accuracy)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    patience: int = 5  # evaluations without improvement that make a plateau (inspect's verdict)
+    spike_window: int = 50  # recent finite training losses the spike baseline is the median of
+    spike_factor: float = 2.0  # a loss at least this many times the baseline is a spike
+    spike_min_points: int = 10  # no spike is judged before the window holds this many losses
+    max_keys: int = 200  # distinct non-canonical keys kept per source; the rest are dropped
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of one source's state, taken under its lock."""
+
+    values: dict[str, float]
+    extra: dict[str, float]
+    step: int | None
+    last_progress_time: float | None
+    last_record_time: float | None
+    steps_per_second: float | None
+    max_steps: float | None
+    progress_done: int | None
+    progress_total: int | None
+    nonfinite: dict[str, int]
+    records: dict[str, int]
+    events: dict[str, int]
+    best: float | None
+    best_step: int | None
+    evals_since_best: int
+    evals_total: int
+    last_monitored: float | None
+    loss_baseline: float | None
+    spikes_total: int
+    dropped_keys_total: int
+    meta_numbers: dict[str, float]
+    meta_strings: dict[str, str]
+    nonfinite_steps: list[tuple[int | None, str]] = field(default_factory=list)
+    best_history: list[tuple[int | None, float]] = field(default_factory=list)
+    key_counts: dict[str, int] = field(default_factory=dict)
+
+
+class SourceState:
+    """Everything one log source has said so far, turned into training signals."""
+
+    def __init__(self, settings: SignalSettings, vocabulary: Vocabulary, keep_history: bool = False) -> None:
+        self.settings = settings
+        self.vocabulary = vocabulary
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+        self._extra: dict[str, float] = {}
+        self._step: int | None = None
+        self._seen_explicit_step = False
+        self._last_progress_time: float | None = None
+        self._last_record_time: float | None = None
+        self._advances: deque[tuple[float, int]] = deque(maxlen=64)
+        self._max_steps: float | None = None
+        self._progress: tuple[int, int] | None = None
+        self._nonfinite: dict[str, int] = {}
+        self._records = {kind.value: 0 for kind in Kind}
+        self._events = {event.value: 0 for event in Event}
+        self._best: float | None = None
+        self._best_step: int | None = None
+        self._evals_since_best = 0
+        self._evals_total = 0
+        self._last_monitored: float | None = None
+        self._recent_losses: deque[float] = deque(maxlen=settings.spike_window)
+        self._spikes_total = 0
+        self._dropped_keys_total = 0
+        self._meta_numbers: dict[str, float] = {}
+        self._meta_strings: dict[str, str] = {}
+        # A file rewritten whole (Lightning's CSVLogger does this) is read again from the top:
+        # records up to this step were already counted and must not be counted twice.
+        self._replay_through: int | None = None
+        # Offline inspection wants the details; a long-running exporter keeps only counters.
+        self._keep_history = keep_history
+        self._nonfinite_steps: list[tuple[int | None, str]] = []
+        self._best_history: list[tuple[int | None, float]] = []
+        self._key_counts: dict[str, int] = {}
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def mark_rewritten(self) -> None:
+        """The source's file was rewritten from the top: skip counting what was counted."""
+        with self._lock:
+            self._replay_through = self._step
+
+    def apply(self, record: Record, observed_at: float) -> None:
+        """Fold one record into the state. ``observed_at`` is when it was written, at the latest."""
+        with self._lock:
+            self._apply(record, record.wall_time if record.wall_time is not None else observed_at)
+
+    def _apply(self, record: Record, when: float) -> None:
+        replay = (self._replay_through is not None and record.step is not None
+                  and record.step <= self._replay_through)
+        if self._replay_through is not None and not replay and record.step is not None:
+            self._replay_through = None  # past the old end: counting resumes
+
+        if record.event is not None:
+            if not replay:
+                self._events[record.event.value] += 1
+            return
+        self._last_record_time = when
+        if not replay:
+            self._records[record.kind.value] += 1
+        for key, value in record.meta.items():
+            self._set_meta(key, value)
+        if record.progress is not None:
+            self._apply_progress_bar(record.progress, when)
+
+        if record.kind is Kind.SUMMARY:
+            # End-of-run aggregates (an average train_loss) must not pose as the current loss.
+            for key, value in record.values.items():
+                self._set_extra("summary_" + self.vocabulary.name(key, Kind.SUMMARY), value)
+            return
+
+        if record.step is not None:
+            self._seen_explicit_step = True
+            self._advance(record.step, when)
+        elif record.kind is Kind.TRAIN and record.values and not self._seen_explicit_step \
+                and self._progress is None:
+            # A dialect without steps and without a progress bar: each train line is progress.
+            self._last_progress_time = when
+
+        names = {key: self.vocabulary.name(key, record.kind) for key in record.values}
+        if self._keep_history:
+            for name in names.values():
+                if name in self._key_counts or len(self._key_counts) < self.settings.max_keys + len(DEDICATED):
+                    self._key_counts[name] = self._key_counts.get(name, 0) + 1
+        for key, value in record.values.items():
+            name = names[key]
+            if not math.isfinite(value) and not replay:
+                self._count_nonfinite(name, record.step)
+            if name in DEDICATED:
+                self._values[name] = value
+            else:
+                self._set_extra(name, value)
+        if record.kind is Kind.TRAIN and "loss" in names.values() and not replay:
+            self._judge_spike(self._values["loss"])
+        if record.kind is Kind.EVAL and self.settings.monitor in names.values():
+            value = self._values.get(self.settings.monitor, self._extra.get(self.settings.monitor))
+            if value is not None and not replay:
+                self._judge_evaluation(value, record.step if record.step is not None else self._step)
+
+    def _advance(self, step: int, when: float) -> None:
+        if self._step is None or step > self._step:
+            self._last_progress_time = when
+            self._advances.append((when, step))
+        self._step = step
+
+    def _apply_progress_bar(self, progress: tuple[int, int], when: float) -> None:
+        done, total = progress
+        # Evaluation bars run beside the training bar; the training bar is the longest one.
+        if self._progress is not None and total < self._progress[1]:
+            return
+        self._progress = (done, total)
+        if not self._seen_explicit_step:
+            self._advance(done, when)
+
+    def _count_nonfinite(self, name: str, step: int | None) -> None:
+        if name not in self._nonfinite and len(self._nonfinite) >= self.settings.max_keys:
+            self._dropped_keys_total += 1
+            return
+        self._nonfinite[name] = self._nonfinite.get(name, 0) + 1
+        if self._keep_history and len(self._nonfinite_steps) < 10_000:
+            self._nonfinite_steps.append((step, name))
+
+    def _set_extra(self, name: str, value: float) -> None:
+        if name not in self._extra and len(self._extra) >= self.settings.max_keys:
+            self._dropped_keys_total += 1
+            return
+        self._extra[name] = value
+
+    def _set_meta(self, key: str, value: float | str) -> None:
+        name = normalise(key)
+        if name == "max_steps" and isinstance(value, (int, float)) and value > 0:
+            self._max_steps = float(value)
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            target: dict = self._meta_numbers
+            value = float(value)
+        elif isinstance(value, str) and value and len(value) <= MAX_META_STRING and value.isprintable():
+            target = self._meta_strings
+        else:
+            return
+        if name not in target and len(self._meta_numbers) + len(self._meta_strings) >= self.settings.max_keys:
+            self._dropped_keys_total += 1
+            return
+        target[name] = value
+
+    def _judge_spike(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            return
+        window = self._recent_losses
+        if len(window) >= self.settings.spike_min_points:
+            baseline = statistics.median(window)
+            if baseline > 0 and loss >= self.settings.spike_factor * baseline:
+                self._spikes_total += 1
+        window.append(loss)
+
+    def _judge_evaluation(self, value: float, step: int | None) -> None:
+        """EarlyStopping's rule: improvement means beating the best by more than min_delta."""
+        self._evals_total += 1
+        self._last_monitored = value
+        if not math.isfinite(value):
+            self._evals_since_best += 1
+            return
+        if self._best is None:
+            improved = True
+        elif self.settings.mode == "max":
+            improved = value > self._best + self.settings.min_delta
+        else:
+            improved = value < self._best - self.settings.min_delta
+        if improved:
+            self._best, self._best_step, self._evals_since_best = value, step, 0
+            if self._keep_history:
+                self._best_history.append((step, value))
+        else:
+            self._evals_since_best += 1
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _steps_per_second(self) -> float | None:
+        """Step rate over the recent advances (the last few minutes of them, at most 64)."""
+        if len(self._advances) < 2:
+            return None
+        t1, s1 = self._advances[-1]
+        recent = [(t, s) for t, s in self._advances if t >= t1 - RATE_WINDOW_SECONDS]
+        t0, s0 = recent[0]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                values=dict(self._values),
+                extra=dict(self._extra),
+                step=self._step,
+                last_progress_time=self._last_progress_time,
+                last_record_time=self._last_record_time,
+                steps_per_second=self._steps_per_second(),
+                max_steps=self._max_steps if self._max_steps is not None
+                else (float(self._progress[1]) if self._progress and not self._seen_explicit_step else None),
+                progress_done=self._progress[0] if self._progress else None,
+                progress_total=self._progress[1] if self._progress else None,
+                nonfinite=dict(self._nonfinite),
+                records=dict(self._records),
+                events=dict(self._events),
+                best=self._best,
+                best_step=self._best_step,
+                evals_since_best=self._evals_since_best,
+                evals_total=self._evals_total,
+                last_monitored=self._last_monitored,
+                loss_baseline=statistics.median(self._recent_losses) if self._recent_losses else None,
+                spikes_total=self._spikes_total,
+                dropped_keys_total=self._dropped_keys_total,
+                meta_numbers=dict(self._meta_numbers),
+                meta_strings=dict(self._meta_strings),
+                nonfinite_steps=list(self._nonfinite_steps),
+                best_history=list(self._best_history),
+                key_counts=dict(self._key_counts),
+            )

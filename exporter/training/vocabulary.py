@@ -1,0 +1,89 @@
+"""One vocabulary for the many names frameworks give the same quantity.
+
+Frameworks disagree on names (``eval_loss``, ``val_loss``, ``val loss``, ``valid_loss``,
+``lm loss value``...). Keys are matched after normalisation (lower case, runs of anything but
+letters and digits folded to ``_``), so ``val loss``, ``val/loss`` and ``Val_Loss`` are one key.
+Users can add aliases in the config; every key that is not in the vocabulary is kept too, under
+its sanitised raw name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..logs.formats.base import Kind
+
+# Canonical name -> aliases, as normalised keys.
+DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
+    "loss": ("loss", "train_loss", "training_loss", "train_loss_step", "lm_loss", "train_lm_loss", "train_loss_iter"),
+    "validation_loss": (
+        "validation_loss", "val_loss", "eval_loss", "valid_loss", "val_loss_epoch",
+        "lm_loss_value", "eval_lm_loss", "val_lm_loss",
+    ),
+    "learning_rate": ("learning_rate", "lr", "learning_rate_0", "lr_0"),
+    "grad_norm": ("grad_norm", "gnorm", "gradient_norm", "grad_norm_total"),
+    "epoch": ("epoch",),
+    "tokens_per_second": ("tokens_per_second", "tokens_per_sec", "tok_s", "tokens_s", "tokens_per_second_per_gpu", "wps", "tps"),
+    "samples_per_second": ("samples_per_second", "train_samples_per_second_step", "currsamplespersec", "samples_per_sec"),
+    "loss_scale": ("loss_scale",),
+}
+
+# Frameworks that prefix every key of an eval/train record: stripped before lookup so that
+# ``eval/loss`` and ``train/loss`` find their canonical name through the record's kind.
+_SPLIT_PREFIXES = {
+    Kind.EVAL: ("eval_", "eval/", "val_", "val/", "valid_", "validation_", "validation/"),
+    Kind.TRAIN: ("train_", "train/", "training/"),
+}
+
+_FOLD = re.compile(r"[^a-z0-9]+")
+MAX_KEY_LENGTH = 64
+
+
+def normalise(key: str) -> str:
+    """Fold a raw key into a safe, comparable name: ``Val Loss/step`` -> ``val_loss_step``."""
+    folded = _FOLD.sub("_", key.lower()).strip("_")
+    return folded[:MAX_KEY_LENGTH] or "_"
+
+
+class Vocabulary:
+    """Maps raw keys, in the context of a record's kind, to canonical or sanitised names."""
+
+    def __init__(self, extra_aliases: dict[str, list[str]] | None = None) -> None:
+        self._canonical: dict[str, str] = {}
+        for name, aliases in DEFAULT_ALIASES.items():
+            for alias in aliases:
+                self._canonical[alias] = name
+        for name, aliases in (extra_aliases or {}).items():
+            for alias in aliases:
+                self._canonical[normalise(alias)] = name
+        self.canonical_names = frozenset(DEFAULT_ALIASES) | frozenset(extra_aliases or {})
+        self._cache: dict[tuple[str, Kind], str] = {}
+
+    def name(self, raw_key: str, kind: Kind) -> str:
+        """The name a value is exported under: canonical where known, else the folded key."""
+        cache_key = (raw_key, kind)
+        known = self._cache.get(cache_key)
+        if known is not None:
+            return known
+        result = self._lookup(normalise(raw_key), kind)
+        if len(self._cache) < 10_000:  # bounded: hostile logs can invent keys forever
+            self._cache[cache_key] = result
+        return result
+
+    def _lookup(self, key: str, kind: Kind) -> str:
+        if kind is Kind.EVAL:
+            # In an eval record, a plain "loss" is the validation loss (Keras, fairseq, nanoGPT).
+            if key in ("loss", "lm_loss"):
+                return "validation_loss"
+            for prefix in _SPLIT_PREFIXES[Kind.EVAL]:
+                if key.startswith(prefix) and key[len(prefix):] in ("loss", "lm_loss"):
+                    return "validation_loss"
+        found = self._canonical.get(key)
+        if found is not None:
+            return found
+        for prefix in _SPLIT_PREFIXES[Kind.TRAIN]:
+            if key.startswith(prefix):
+                stripped = self._canonical.get(key[len(prefix):])
+                if stripped is not None and stripped != "validation_loss":
+                    return stripped
+        return key
