@@ -78,6 +78,7 @@ class SourceState:
         self._values: dict[str, float] = {}
         self._extra: dict[str, float] = {}
         self._step: int | None = None
+        self._highest_step: int | None = None
         self._seen_explicit_step = False
         self._last_progress_time: float | None = None
         self._last_record_time: float | None = None
@@ -111,7 +112,7 @@ class SourceState:
     def mark_rewritten(self) -> None:
         """The source's file was rewritten from the top: skip counting what was counted."""
         with self._lock:
-            self._replay_through = self._step
+            self._replay_through = self._highest_step
 
     def apply(self, record: Record, observed_at: float) -> None:
         """Fold one record into the state. ``observed_at`` is when it was written, at the latest."""
@@ -174,7 +175,11 @@ class SourceState:
         if self._step is None or step > self._step:
             self._last_progress_time = when
             self._advances.append((when, step))
+        elif step < self._step:
+            self._advances.clear()  # resumed from an earlier checkpoint: the old rate is moot
         self._step = step
+        if self._highest_step is None or step > self._highest_step:
+            self._highest_step = step
 
     def _apply_progress_bar(self, progress: tuple[int, int], when: float) -> None:
         done, total = progress
