@@ -122,7 +122,7 @@ def render_text(report: dict) -> str:
         if v["evaluations"]:
             out.append(f"  best {v['monitor']}: {_fmt(v['best'])} at step {_fmt(v['best_step'])}"
                        f" ({v['mode']}, min_delta {_fmt(v['min_delta'])}) · {v['evaluations']} evaluations")
-            verdict = "PLATEAU" if v["plateau"] else "improving"
+            verdict = "PLATEAU (the plateau alert would fire)" if v["plateau"] else "no plateau"
             out.append(f"  plateau rule: {v['evals_since_best']} evaluation(s) since best, patience {v['patience']}"
                        f" → {verdict}")
         else:

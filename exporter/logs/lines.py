@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 _SEPARATORS = re.compile(rb"[\r\n]")
+# Terminal control sequences (tqdm moves the cursor up with ESC[A between nested bars): they are
+# screen drawing, not log content, and would hide a line's start from the parsers.
+_ANSI_CSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 class LineSplitter:
@@ -65,5 +68,7 @@ class LineSplitter:
             return None
         if b"\x00" in raw:
             raw = raw.replace(b"\x00", b"")
+        if b"\x1b" in raw:
+            raw = _ANSI_CSI.sub(b"", raw)
         text = raw.decode("utf-8", "replace").strip()
         return text or None

@@ -130,7 +130,7 @@ class SourceState:
                 self._events[record.event.value] += 1
             return
         self._last_record_time = when
-        if not replay:
+        if not replay and (record.values or record.kind is Kind.SUMMARY):
             self._records[record.kind.value] += 1
         for key, value in record.meta.items():
             self._set_meta(key, value)
@@ -159,7 +159,7 @@ class SourceState:
         for key, value in record.values.items():
             name = names[key]
             if not math.isfinite(value) and not replay:
-                self._count_nonfinite(name, record.step)
+                self._count_nonfinite(name, record.step if record.step is not None else self._step)
             if name in DEDICATED:
                 self._values[name] = value
             else:
