@@ -1,0 +1,137 @@
+"""Discovery, sources and readers over real framework output (tests/fixtures/real)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import FIXTURES
+from exporter.logs.sources import LogFollower, LogSpec
+from exporter.training.signals import SignalSettings
+from exporter.training.vocabulary import Vocabulary
+
+REAL = FIXTURES / "real"
+
+
+def follow(*specs: LogSpec, **settings) -> LogFollower:
+    follower = LogFollower(list(specs), SignalSettings(**settings), Vocabulary(), keep_history=True)
+    follower.read_to_end()
+    return follower
+
+
+def test_lightning_rewrite_of_metrics_csv_counts_each_evaluation_once(tmp_path):
+    run = tmp_path / "version_0"
+    run.mkdir()
+    metrics = run / "metrics.csv"
+    shutil.copy(REAL / "lightning_metrics_before_rewrite.csv", metrics)
+    follower = follow(LogSpec(str(run)))
+    assert list(follower.states) == ["version_0"]
+    assert follower.states["version_0"].snapshot().evals_total == 1
+
+    # Lightning rewrites the whole file in place when a new key (train_acc) appears.
+    with open(metrics, "w") as handle:
+        handle.write((REAL / "lightning_metrics.csv").read_text())
+    follower.read_to_end()
+    snap = follower.states["version_0"].snapshot()
+    assert snap.evals_total == 3
+    assert snap.best == pytest.approx(0.6109943389892578)
+    assert snap.best_step == 8
+    assert snap.evals_since_best == 0
+    assert snap.values["loss"] == pytest.approx(0.5823924541473389)  # train_loss_step, the last step row
+    assert snap.extra["train_acc"] == 0.3125
+    reader = next(iter(follower.readers.values()))
+    assert reader.stats.resets["rewritten"] == 1
+    assert reader.format_name == "lightning_csv"
+    follower.stop()
+
+
+def test_run_directory_is_one_source_with_its_hparams(tmp_path):
+    run = tmp_path / "version_3"
+    run.mkdir()
+    shutil.copy(REAL / "lightning_metrics.csv", run / "metrics.csv")
+    shutil.copy(REAL / "lightning_hparams.yaml", run / "hparams.yaml")
+    follower = follow(LogSpec(str(tmp_path)))
+    assert list(follower.states) == [tmp_path.name]
+    snap = follower.states[tmp_path.name].snapshot()
+    assert snap.meta_numbers["lr"] == 0.05
+    assert snap.meta_numbers["hidden"] == 8
+    assert snap.meta_strings["optimizer"] == "sgd"
+    assert snap.evals_total == 3
+    follower.stop()
+
+
+def test_only_the_newest_trainer_state_is_followed(tmp_path):
+    out = tmp_path / "output"
+    (out / "checkpoint-8").mkdir(parents=True)
+    shutil.copy(REAL / "hf_trainer_state.json", out / "checkpoint-8" / "trainer_state.json")
+    follower = follow(LogSpec(str(out)))
+    state = follower.states["output"]
+    first = state.snapshot()
+    assert first.max_steps == 12
+    assert first.step == 12
+
+    # A later checkpoint writes the whole history again, plus what came since.
+    import os
+    import time
+
+    (out / "checkpoint-12").mkdir()
+    shutil.copy(REAL / "hf_trainer_state_final.json", out / "checkpoint-12" / "trainer_state.json")
+    future = time.time() + 5
+    os.utime(out / "checkpoint-12" / "trainer_state.json", (future, future))
+    follower.read_to_end()
+    snap = state.snapshot()
+    history = json.loads((REAL / "hf_trainer_state_final.json").read_text())["log_history"]
+    evals = sum(1 for entry in history if "eval_loss" in entry)
+    assert snap.evals_total == evals  # not counted twice
+    assert [r.path for r in follower.readers.values()] == [str(out / "checkpoint-12" / "trainer_state.json")]
+    follower.stop()
+
+
+def test_tensorboard_run_directory(tmp_path):
+    run = tmp_path / "runs"
+    shutil.copytree(REAL / "summarywriter", run)
+    follower = follow(LogSpec(str(run)))
+    snap = follower.states["runs"].snapshot()
+    assert snap.nonfinite.get("loss", 0) >= 1  # the fixture logs a NaN and an inf train/loss
+    reader = next(iter(follower.readers.values()))
+    assert reader.format_name == "tensorboard"
+    assert reader.stats.parse_errors == 0
+    follower.stop()
+
+
+def test_glob_gives_one_source_per_file_and_disambiguates_names(tmp_path):
+    for rank in (0, 1):
+        d = tmp_path / f"node{rank}"
+        d.mkdir()
+        (d / "train.log").write_text("iter 10: loss 2.5000, time 50.00ms, mfu 30.00%\n")
+    follower = follow(LogSpec(str(tmp_path / "*" / "train.log")))
+    assert sorted(follower.states) == ["node1/train.log", "train.log"]
+    follower.stop()
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("hf_console.log", "huggingface"),
+    ("hf_console_nan.log", "huggingface"),
+    ("keras_training.csv", "keras_csv"),
+    ("lightning_metrics.csv", "lightning_csv"),
+])
+def test_real_logs_are_detected(tmp_path, name, expected):
+    follower = follow(LogSpec(str(REAL / name)))
+    (reader,) = follower.readers.values()
+    assert reader.format_name == expected
+    assert reader.stats.parse_errors == 0
+    follower.stop()
+
+
+def test_real_hf_nan_run_is_caught_despite_the_nan_filter():
+    follower = follow(LogSpec(str(REAL / "hf_console_nan.log")))
+    snap = follower.states["hf_console_nan.log"].snapshot()
+    # With logging_nan_inf_filter=True the logged loss never shows the NaN...
+    assert all(name != "loss" for _, name in snap.nonfinite_steps)
+    # ...but grad_norm and the evaluation do.
+    assert snap.nonfinite["grad_norm"] >= 1
+    assert snap.nonfinite["validation_loss"] >= 1
+    assert snap.step == 12 and snap.max_steps == 12
+    follower.stop()
