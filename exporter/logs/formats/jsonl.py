@@ -1,0 +1,141 @@
+"""JSON Lines metric logs: one JSON object per line (custom loggers, W&B-style dumps, HF dicts).
+
+Python's json module writes ``NaN``, ``Infinity`` and ``-Infinity`` as bare literals, which strict
+JSON parsers reject; the stdlib decoder accepts them, and a diverging run is exactly when they
+appear, so they must survive. The helpers here (eval-key detection, number coercion, step
+validation) are shared with the other structured formats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .base import Kind, ParseError, Record, to_float
+
+# Metrics lines are small; anything this long is a dump of something else (or an attack).
+MAX_LINE_CHARS = 1 << 20
+
+STEP_KEYS = ("step", "global_step", "iteration", "iter", "trainer/global_step", "_step")
+EVAL_PREFIXES = ("eval_", "val_", "val/", "eval/", "valid_", "validation_", "test_", "test/")
+EVAL_WORDS = frozenset({"eval", "evaluation", "val", "valid", "validation", "test"})
+SPLIT_FIELDS = ("split", "mode", "phase")
+# Keys that say when, not what: they neither make a row an eval row nor stop it being one.
+NEUTRAL_KEYS = frozenset({"epoch", "timestamp", "time", "wall_time", "elapsed"})
+
+_INT64 = 1 << 63
+
+
+def is_eval_key(key: str) -> bool:
+    return key.lower().startswith(EVAL_PREFIXES)
+
+
+def number(value: Any) -> float | None:
+    """A JSON/YAML leaf as a float, or None when it is not a number.
+
+    Booleans are not numbers (True would read as 1.0); numeric strings such as "nan" or "1e-3"
+    are, because some loggers stringify everything.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range is still "very large"
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        try:
+            return to_float(value)
+        except ParseError:
+            return None
+    return None
+
+
+def as_step(value: Any) -> int | None:
+    """A step as an int, or None when the value cannot be one (NaN, fractional, huge, text)."""
+    num = number(value)
+    if num is None or not math.isfinite(num) or num != int(num) or abs(num) >= _INT64:
+        return None
+    return int(num)
+
+
+def loads(text: str) -> Any:
+    """json.loads that turns every way of failing into ParseError."""
+    try:
+        return json.loads(text)
+    except RecursionError:  # deeply nested arrays/objects
+        raise ParseError("JSON nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # JSONDecodeError, int digit limit
+        raise ParseError(f"invalid JSON: {str(exc)[:80]}") from None
+
+
+def flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, float]:
+    """Numeric leaves of an object, nested keys joined with '/', at most three key levels."""
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            if depth < 2:
+                out.update(flatten(value, name + "/", depth + 1))
+            continue
+        num = number(value)
+        if num is not None:
+            out[name] = num
+    return out
+
+
+def _split_says_eval(obj: dict) -> bool | None:
+    for field in SPLIT_FIELDS:
+        value = obj.get(field)
+        if isinstance(value, str):
+            return value.strip().lower() in EVAL_WORDS
+    return None
+
+
+class JsonLines:
+    name = "jsonl"
+
+    def parse(self, line: str | bytes) -> list[Record]:
+        if isinstance(line, (bytes, bytearray)):
+            try:
+                line = bytes(line).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParseError("line is not UTF-8") from None
+        text = line.strip().lstrip("\ufeff")
+        if not text.startswith("{"):
+            return []  # not ours: plain text, arrays, blank lines
+        if len(text) > MAX_LINE_CHARS:
+            raise ParseError(f"JSON line of {len(text)} characters")
+        obj = loads(text)
+        if not isinstance(obj, dict):
+            raise ParseError("JSON line is not an object")
+
+        values = flatten(obj)
+        step = None
+        for key in STEP_KEYS:
+            # Flat ("trainer/global_step": 5) or nested ({"trainer": {"global_step": 5}}).
+            raw = obj[key] if key in obj else values.get(key)
+            if raw is not None:
+                step = as_step(raw)
+                if step is None:
+                    raise ParseError(f"unusable {key}: {str(raw)[:40]!r}")
+                break
+        for key in STEP_KEYS:
+            values.pop(key, None)
+        metrics = [k for k in values if k not in NEUTRAL_KEYS and not k.startswith("_")]
+        if not metrics:
+            return []
+
+        split = _split_says_eval(obj)
+        if split is None:
+            split = all(is_eval_key(k) for k in metrics)
+        if split:
+            kind = Kind.EVAL
+        elif "train_runtime" in values:  # HF's end-of-run aggregate, dumped as a line
+            kind = Kind.SUMMARY
+        else:
+            kind = Kind.TRAIN
+        return [Record(values=values, kind=kind, step=step)]
