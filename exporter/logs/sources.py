@@ -182,19 +182,14 @@ class TensorBoardReader(Reader):
     def __init__(self, path: str, source: str, state: SourceState) -> None:
         super().__init__(path, source, state)
         self.decoder = TfEventsDecoder()
-        self._errors_seen = 0
 
     def on_data(self, data: bytes) -> None:
-        try:
-            records = self.decoder.feed(data)
-        except ParseError as error:
+        # The decoder never raises: a damaged record is skipped (it resynchronises) and reported.
+        records = self.decoder.feed(data)
+        for error in self.decoder.pop_errors():
             self.stats.parse_errors += 1
             self.stats.error_examples.append(("<binary record>", str(error)[:200]))
-            return
         self.stats.lines += len(records)
-        errors = getattr(self.decoder, "errors", 0)
-        self.stats.parse_errors += errors - self._errors_seen
-        self._errors_seen = errors
         self.apply(records)
 
     def on_end_of_file(self) -> None:
@@ -202,7 +197,6 @@ class TensorBoardReader(Reader):
 
     def on_reset(self) -> None:
         self.decoder = TfEventsDecoder()
-        self._errors_seen = 0
 
 
 class DocumentReader(Reader):
