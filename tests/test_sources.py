@@ -135,3 +135,21 @@ def test_real_hf_nan_run_is_caught_despite_the_nan_filter():
     assert snap.nonfinite["validation_loss"] >= 1
     assert snap.step == 12 and snap.max_steps == 12
     follower.stop()
+
+
+def test_damaged_tensorboard_record_is_counted_and_the_rest_read(tmp_path):
+    run = tmp_path / "runs"
+    shutil.copytree(REAL / "summarywriter", run)
+    (event_file,) = run.iterdir()
+    intact = follow(LogSpec(str(run)))
+    intact_lines = next(iter(intact.readers.values())).stats.lines
+    intact.stop()
+    data = bytearray(event_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = b"\xff" * 8
+    event_file.write_bytes(bytes(data))
+    follower = follow(LogSpec(str(run)))
+    reader = next(iter(follower.readers.values()))
+    assert reader.stats.parse_errors >= 1
+    assert 0 < reader.stats.lines < intact_lines
+    follower.stop()
