@@ -146,7 +146,7 @@ def test_damaged_tensorboard_record_is_counted_and_the_rest_read(tmp_path):
     intact.stop()
     data = bytearray(event_file.read_bytes())
     # Damage the value of one scalar record in the middle: its data checksum no longer holds.
-    tag = data.find(b"train/loss", len(data) // 2)
+    tag = data.find(b"train/loss", 300)
     assert tag > 0
     data[tag + len(b"train/loss") + 1] ^= 0xFF
     event_file.write_bytes(bytes(data))
