@@ -1,0 +1,184 @@
+"""Host and container metrics through psutil and the cgroup filesystem.
+
+Everything here reads /proc and /sys, which answer in microseconds, so ``collect()`` reads at
+scrape time. The exception is filesystem usage: statvfs on a network filesystem (a checkpoint
+directory on NFS) can block for minutes, so after ``start()`` a thread refreshes it and the
+scrape only reads the last result, dropping a path whose check has not finished for a while.
+Each group of readings (cpu, memory, disk, ...) fails on its own: the others are still exported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from typing import Iterable
+
+import psutil
+from prometheus_client.metrics_core import Metric
+
+from ..collector_base import Collector
+from . import cgroup
+from ._families import Families
+
+log = logging.getLogger(__name__)
+
+G, C = "gauge", "counter"
+SPECS = {
+    "training_host_cpu_seconds_total": (C, "CPU time spent in each mode (all CPUs, or per cpu when per_cpu is on)."),
+    "training_host_cpus": (G, "Logical CPUs of the host."),
+    "training_host_load1": (G, "1-minute load average."),
+    "training_host_load5": (G, "5-minute load average."),
+    "training_host_load15": (G, "15-minute load average."),
+    "training_host_memory_total_bytes": (G, "Physical memory of the host."),
+    "training_host_memory_available_bytes": (G, "Memory available to new work without swapping."),
+    "training_host_swap_total_bytes": (G, "Swap space in total."),
+    "training_host_swap_used_bytes": (G, "Swap space in use."),
+    "training_host_disk_read_bytes_total": (C, "Bytes read from a block device."),
+    "training_host_disk_written_bytes_total": (C, "Bytes written to a block device."),
+    "training_host_network_receive_bytes_total": (C, "Bytes received on a network interface."),
+    "training_host_network_transmit_bytes_total": (C, "Bytes sent on a network interface."),
+    "training_host_filesystem_free_bytes": (G, "Bytes free to unprivileged users on the filesystem holding path."),
+    "training_host_filesystem_size_bytes": (G, "Size of the filesystem holding path."),
+    "training_host_read_errors_total": (C, "Collections in which a group of host readings failed."),
+    "training_container_memory_limit_bytes": (G, "Memory limit of this container's cgroup (absent: no limit)."),
+    "training_container_memory_usage_bytes": (G, "Memory charged to this container's cgroup."),
+    "training_container_oom_kills_total": (C, "Processes killed by the OOM killer in this container's cgroup."),
+}
+
+# psutil's Linux CPU modes, as node_exporter names them. guest and guest_nice are left out:
+# the kernel already counts them inside user and nice.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# Block devices that are not disks: loop files, RAM disks, compressed RAM swap.
+VIRTUAL_DISKS = ("loop", "ram", "zram")
+
+
+class HostCollector(Collector):
+    name = "host"
+    filesystem_interval = 15.0  # seconds between statvfs checks once started
+
+    def __init__(self, filesystem_paths: Iterable[str] = (), per_cpu: bool = False,
+                 cgroup_root: str = "/sys/fs/cgroup") -> None:
+        self.filesystem_paths = list(filesystem_paths)
+        self.per_cpu = per_cpu
+        self.cgroup_root = cgroup_root
+        self._errors: Counter[str] = Counter()
+        self._usage: dict[str, tuple[float, int, int]] = {}  # path -> (checked at, free, size)
+        self._warned_paths: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.filesystem_paths and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch_filesystems, name="host-filesystems", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)  # a statvfs stuck on NFS is left behind (daemon)
+            self._thread = None
+
+    def collect(self) -> Iterable[Metric]:
+        fam = Families(SPECS)
+        for group, read in (("cpu", self._cpu), ("load", self._load), ("memory", self._memory),
+                            ("disk", self._disk), ("network", self._network),
+                            ("filesystem", self._filesystems), ("cgroup", self._cgroup)):
+            try:
+                read(fam)
+            except Exception as exc:  # one broken source must not hide the others
+                self._errors[group] += 1
+                if self._errors[group] == 1:
+                    log.warning("host %s readings failed: %s (further failures are counted only)", group, exc)
+        for group, count in sorted(self._errors.items()):
+            fam.add("training_host_read_errors_total", count, {"group": group})
+        return list(fam)
+
+    # -- groups of readings
+    def _cpu(self, fam: Families) -> None:
+        if self.per_cpu:
+            for cpu, times in enumerate(psutil.cpu_times(percpu=True)):
+                self._cpu_modes(fam, times, {"cpu": str(cpu)})
+        else:
+            self._cpu_modes(fam, psutil.cpu_times(), {})
+        fam.add("training_host_cpus", psutil.cpu_count(logical=True) or 0)
+
+    @staticmethod
+    def _cpu_modes(fam: Families, times: object, labels: dict[str, str]) -> None:
+        for mode in CPU_MODES:
+            seconds = getattr(times, mode, None)  # not every platform has every mode
+            if seconds is not None:
+                fam.add("training_host_cpu_seconds_total", seconds, {**labels, "mode": mode})
+
+    @staticmethod
+    def _load(fam: Families) -> None:
+        for name, value in zip(("training_host_load1", "training_host_load5", "training_host_load15"), os.getloadavg()):
+            fam.add(name, value)
+
+    @staticmethod
+    def _memory(fam: Families) -> None:
+        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+        fam.add("training_host_memory_total_bytes", memory.total)
+        fam.add("training_host_memory_available_bytes", memory.available)
+        fam.add("training_host_swap_total_bytes", swap.total)
+        fam.add("training_host_swap_used_bytes", swap.used)
+
+    @staticmethod
+    def _disk(fam: Families) -> None:
+        for device, io in sorted((psutil.disk_io_counters(perdisk=True) or {}).items()):
+            # psutil lists partitions too; only whole disks (in /sys/block) avoid double counting.
+            if device.startswith(VIRTUAL_DISKS) or not os.path.exists(f"/sys/block/{device}"):
+                continue
+            fam.add("training_host_disk_read_bytes_total", io.read_bytes, {"device": device})
+            fam.add("training_host_disk_written_bytes_total", io.write_bytes, {"device": device})
+
+    @staticmethod
+    def _network(fam: Families) -> None:
+        for device, io in sorted(psutil.net_io_counters(pernic=True).items()):
+            if device == "lo":
+                continue
+            fam.add("training_host_network_receive_bytes_total", io.bytes_recv, {"device": device})
+            fam.add("training_host_network_transmit_bytes_total", io.bytes_sent, {"device": device})
+
+    def _filesystems(self, fam: Families) -> None:
+        if self._thread is None:  # not started: check inline
+            self._check_filesystems()
+        too_old = time.monotonic() - 3 * self.filesystem_interval
+        for path in self.filesystem_paths:
+            checked, free, size = self._usage.get(path, (None, 0, 0))
+            if checked is None or (self._thread is not None and checked < too_old):
+                continue  # never checked, or the check hangs: omit rather than report stale numbers
+            fam.add("training_host_filesystem_free_bytes", free, {"path": path})
+            fam.add("training_host_filesystem_size_bytes", size, {"path": path})
+
+    def _cgroup(self, fam: Families) -> None:
+        memory = cgroup.read_memory(self.cgroup_root)
+        if memory is None:
+            return
+        if memory.limit is not None:
+            fam.add("training_container_memory_limit_bytes", memory.limit)
+        if memory.usage is not None:
+            fam.add("training_container_memory_usage_bytes", memory.usage)
+        if memory.oom_kills is not None:
+            fam.add("training_container_oom_kills_total", memory.oom_kills)
+
+    # -- filesystem checks
+    def _watch_filesystems(self) -> None:
+        while not self._stop.is_set():
+            self._check_filesystems()
+            self._stop.wait(self.filesystem_interval)
+
+    def _check_filesystems(self) -> None:
+        for path in self.filesystem_paths:
+            try:
+                usage = psutil.disk_usage(path)
+            except OSError as exc:
+                self._usage.pop(path, None)
+                if path not in self._warned_paths:
+                    self._warned_paths.add(path)
+                    log.warning("filesystem usage of %s unavailable: %s", path, exc)
+                continue
+            self._usage[path] = (time.monotonic(), usage.free, usage.total)

@@ -1,0 +1,184 @@
+"""The training process: found, followed across restarts, and measured through psutil.
+
+It is found, in this order of priority, by a PID file, by a regular expression over command
+lines (the oldest match, never the exporter itself), or as a process NVML sees on a GPU (the
+oldest). Discovery runs on every collect but stays cheap: the PID file is one small read, and
+the command-line scan only runs when the process followed so far has gone. When nothing is
+found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Callable, Iterable
+
+import psutil
+from prometheus_client.metrics_core import Metric
+
+from ..collector_base import Collector
+from ._families import Families
+
+log = logging.getLogger(__name__)
+
+G, C = "gauge", "counter"
+SPECS = {
+    "training_process_up": (G, "1 while a training process is found and running, else 0."),
+    "training_process_info": (G, "The process followed; value 1. Labels: pid, name, source (pid_file, cmdline or gpu)."),
+    "training_process_start_time_seconds": (G, "Unix time the training process started."),
+    "training_process_resident_memory_bytes": (G, "Resident memory (RSS) of the training process."),
+    "training_process_cpu_seconds_total": (C, "CPU time of the training process by mode (user, system)."),
+    "training_process_threads": (G, "Threads of the training process."),
+    "training_process_open_fds": (G, "Open file descriptors of the training process."),
+    "training_process_children": (G, "Descendant processes (e.g. data loader workers)."),
+    "training_process_children_resident_memory_bytes": (G, "Resident memory of all descendants, summed."),
+}
+
+# Reading a field another user's process hides, or one that just turned zombie: skip the field.
+_SKIP = (psutil.AccessDenied, psutil.ZombieProcess)
+
+
+class ProcessCollector(Collector):
+    name = "process"
+
+    def __init__(self, pid_file: str | None = None, cmdline_pattern: str | None = None,
+                 gpu_pids: Callable[[], set[int]] | None = None) -> None:
+        try:
+            self._pattern = re.compile(cmdline_pattern) if cmdline_pattern else None
+        except re.error as exc:
+            raise ValueError(f"invalid cmdline pattern {cmdline_pattern!r}: {exc}") from None
+        self.pid_file = pid_file
+        self._gpu_pids = gpu_pids
+        self._proc: psutil.Process | None = None
+        self._source = ""
+        self._own_pid = os.getpid()
+
+    def collect(self) -> Iterable[Metric]:
+        proc = self._discover()
+        readings = None
+        if proc is not None:
+            try:
+                readings = self._read(proc)
+            except psutil.NoSuchProcess:  # exited between discovery and reading
+                self._proc = None
+        fam = Families(SPECS)
+        fam.add("training_process_up", 1 if readings is not None else 0)
+        for name, labels, value in readings or ():
+            fam.add(name, value, labels)
+        return list(fam)
+
+    # -- discovery
+    def _discover(self) -> psutil.Process | None:
+        found = self._from_pid_file()  # cheap, and first in priority: always looked at
+        source = "pid_file"
+        if found is None and self._alive(self._proc) and self._source != "pid_file":
+            return self._proc  # keep following the process found by the slower methods
+        if found is None:
+            found, source = self._from_cmdline(), "cmdline"
+        if found is None:
+            found, source = self._from_gpu(), "gpu"
+        if found is None:
+            if self._proc is not None:
+                log.info("training process %d is gone", self._proc.pid)
+            self._proc = None
+            return None
+        if self._proc is None or found.pid != self._proc.pid or source != self._source:
+            log.info("following training process %d (found by %s)", found.pid, source)
+            self._proc, self._source = found, source
+        return self._proc
+
+    @staticmethod
+    def _alive(proc: psutil.Process | None) -> bool:
+        # is_running also compares the start time, so a reused PID does not count.
+        try:
+            return proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _process(self, pid: int) -> psutil.Process | None:
+        if pid == self._own_pid:
+            return None
+        if self._proc is not None and self._proc.pid == pid and self._alive(self._proc):
+            return self._proc  # the same object keeps psutil's cached start time
+        try:
+            proc = psutil.Process(pid)
+        except (psutil.Error, ValueError):
+            return None
+        return proc if self._alive(proc) else None
+
+    def _from_pid_file(self) -> psutil.Process | None:
+        if not self.pid_file:
+            return None
+        try:
+            with open(self.pid_file, encoding="utf-8") as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None  # not written yet, or being rewritten: next collect looks again
+        return self._process(pid)
+
+    def _from_cmdline(self) -> psutil.Process | None:
+        if self._pattern is None:
+            return None
+        matches = []
+        for proc in psutil.process_iter(["cmdline", "create_time"]):
+            cmdline = proc.info["cmdline"]
+            if proc.pid == self._own_pid or not cmdline:
+                continue
+            if self._pattern.search(" ".join(cmdline)):
+                matches.append((proc.info["create_time"] or 0.0, proc.pid))
+        for _, pid in sorted(matches):  # the oldest: the launcher rather than its workers
+            proc = self._process(pid)
+            if proc is not None:
+                return proc
+        return None
+
+    def _from_gpu(self) -> psutil.Process | None:
+        if self._gpu_pids is None:
+            return None
+        try:
+            pids = self._gpu_pids()
+        except Exception as exc:  # the GPU collector's trouble must not break this one
+            log.debug("gpu_pids failed: %s", exc)
+            return None
+        candidates = [p for p in map(self._process, sorted(pids)) if p is not None]
+        return min(candidates, key=lambda p: p.create_time(), default=None)
+
+    # -- readings
+    def _read(self, proc: psutil.Process) -> list[tuple[str, dict[str, str], float]]:
+        out: list[tuple[str, dict[str, str], float]] = []
+
+        def add(name: str, read: Callable[[], float], **labels: str) -> None:
+            try:
+                out.append((name, labels, float(read())))
+            except _SKIP:
+                pass
+
+        with proc.oneshot():
+            try:
+                name = proc.name()
+            except _SKIP:
+                name = ""
+            out.append(("training_process_info", {"pid": str(proc.pid), "name": name, "source": self._source}, 1.0))
+            add("training_process_start_time_seconds", proc.create_time)
+            add("training_process_resident_memory_bytes", lambda: proc.memory_info().rss)
+            add("training_process_cpu_seconds_total", lambda: proc.cpu_times().user, mode="user")
+            add("training_process_cpu_seconds_total", lambda: proc.cpu_times().system, mode="system")
+            add("training_process_threads", proc.num_threads)
+            add("training_process_open_fds", proc.num_fds)
+        children = self._children(proc)
+        out.append(("training_process_children", {}, float(len(children))))
+        out.append(("training_process_children_resident_memory_bytes", {}, float(sum(children.values()))))
+        return out
+
+    @staticmethod
+    def _children(proc: psutil.Process) -> dict[int, int]:
+        """RSS of each live descendant (a worker may exit while being read: then it is skipped)."""
+        rss = {}
+        for child in proc.children(recursive=True):
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    rss[child.pid] = child.memory_info().rss
+            except psutil.Error:
+                continue
+        return rss
