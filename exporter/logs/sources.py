@@ -131,8 +131,9 @@ class LineReader(Reader):
             self.parser = RegexFormat([p for p, _ in self.spec.patterns], [k for _, k in self.spec.patterns])
         else:
             self.parser = line_format_for(self.path, self.spec.format)
-        # CSV and JSON lines carry no console text; everything else may print an OOM traceback.
-        self.scans_events = self.parser.name not in ("csv", "lightning_csv", "keras_csv")
+        # Files written by a logger (CSV, JSON lines by name) carry no console text; anything
+        # else may have stderr merged in, with an OOM traceback.
+        self.scans_events = self.parser.name not in ("csv", "lightning_csv", "keras_csv", "jsonl")
 
     @property
     def format_name(self) -> str:

@@ -7,7 +7,7 @@ time they were observed; the collector reads a ``snapshot`` at scrape time.
 from __future__ import annotations
 
 import math
-import statistics
+import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ from .vocabulary import Vocabulary, normalise
 DEDICATED = ("loss", "validation_loss", "learning_rate", "grad_norm", "epoch",
              "tokens_per_second", "samples_per_second", "loss_scale")
 
+_DEDICATED_SET = frozenset(DEDICATED)
+_INFINITIES = (math.inf, -math.inf)
 MAX_META_STRING = 64
 RATE_WINDOW_SECONDS = 300.0
 
@@ -94,6 +96,7 @@ class SourceState:
         self._evals_total = 0
         self._last_monitored: float | None = None
         self._recent_losses: deque[float] = deque(maxlen=settings.spike_window)
+        self._recent_sorted: list[float] = []  # the same losses in order: the median is O(1)
         self._spikes_total = 0
         self._dropped_keys_total = 0
         self._meta_numbers: dict[str, float] = {}
@@ -151,24 +154,31 @@ class SourceState:
             # A dialect without steps and without a progress bar: each train line is progress.
             self._last_progress_time = when
 
-        names = {key: self.vocabulary.name(key, record.kind) for key in record.values}
-        if self._keep_history:
-            for name in names.values():
-                if name in self._key_counts or len(self._key_counts) < self.settings.max_keys + len(DEDICATED):
-                    self._key_counts[name] = self._key_counts.get(name, 0) + 1
+        name_of, kind, monitor = self.vocabulary.name, record.kind, self.settings.monitor
+        values, extra, counts = self._values, self._extra, self._key_counts if self._keep_history else None
+        saw_loss = saw_monitor = False
         for key, value in record.values.items():
-            name = names[key]
-            if not math.isfinite(value) and not replay:
-                self._count_nonfinite(name, record.step if record.step is not None else self._step)
-            if name in DEDICATED:
-                self._values[name] = value
+            name = name_of(key, kind)
+            if value != value or value in _INFINITIES:  # not finite, without a function call
+                if not replay:
+                    self._count_nonfinite(name, record.step if record.step is not None else self._step)
+            if name in _DEDICATED_SET:
+                values[name] = value
+            elif name in extra:
+                extra[name] = value
             else:
                 self._set_extra(name, value)
-        if record.kind is Kind.TRAIN and "loss" in names.values() and not replay:
-            self._judge_spike(self._values["loss"])
-        if record.kind is Kind.EVAL and self.settings.monitor in names.values():
-            value = self._values.get(self.settings.monitor, self._extra.get(self.settings.monitor))
-            if value is not None and not replay:
+            if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
+                counts[name] = counts.get(name, 0) + 1
+            saw_loss = saw_loss or name == "loss"
+            saw_monitor = saw_monitor or name == monitor
+        if replay:
+            return
+        if saw_loss and kind is Kind.TRAIN:
+            self._judge_spike(values["loss"])
+        if saw_monitor and kind is Kind.EVAL:
+            value = values[monitor] if monitor in values else extra.get(monitor)
+            if value is not None:
                 self._judge_evaluation(value, record.step if record.step is not None else self._step)
 
     def _advance(self, step: int, when: float) -> None:
@@ -225,12 +235,15 @@ class SourceState:
     def _judge_spike(self, loss: float) -> None:
         if not math.isfinite(loss):
             return
-        window = self._recent_losses
+        window, ordered = self._recent_losses, self._recent_sorted
         if len(window) >= self.settings.spike_min_points:
-            baseline = statistics.median(window)
+            baseline = _median(ordered)
             if baseline > 0 and loss >= self.settings.spike_factor * baseline:
                 self._spikes_total += 1
+        if len(window) == window.maxlen:
+            del ordered[bisect.bisect_left(ordered, window[0])]
         window.append(loss)
+        bisect.insort(ordered, loss)
 
     def _judge_evaluation(self, value: float, step: int | None) -> None:
         """EarlyStopping's rule: improvement means beating the best by more than min_delta."""
@@ -284,7 +297,7 @@ class SourceState:
                 evals_since_best=self._evals_since_best,
                 evals_total=self._evals_total,
                 last_monitored=self._last_monitored,
-                loss_baseline=statistics.median(self._recent_losses) if self._recent_losses else None,
+                loss_baseline=_median(self._recent_sorted) if self._recent_sorted else None,
                 spikes_total=self._spikes_total,
                 dropped_keys_total=self._dropped_keys_total,
                 meta_numbers=dict(self._meta_numbers),
@@ -293,3 +306,8 @@ class SourceState:
                 best_history=list(self._best_history),
                 key_counts=dict(self._key_counts),
             )
+
+
+def _median(ordered: list[float]) -> float:
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -76,7 +76,10 @@ def flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, float]:
     """Numeric leaves of an object, nested keys joined with '/', at most three key levels."""
     out: dict[str, float] = {}
     for key, value in obj.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key}" if prefix else key
+        if type(value) is float:  # the common case, without the general coercion's cost
+            out[name] = value
+            continue
         if isinstance(value, dict):
             if depth < 2:
                 out.update(flatten(value, name + "/", depth + 1))
@@ -117,13 +120,15 @@ class JsonLines:
         step = None
         for key in STEP_KEYS:
             # Flat ("trainer/global_step": 5) or nested ({"trainer": {"global_step": 5}}).
-            raw = obj[key] if key in obj else values.get(key)
-            if raw is not None:
-                step = as_step(raw)
+            raw = obj.get(key)
+            if raw is None and key in values:
+                raw = values[key]
+            if raw is None:
+                continue
+            if step is None:
+                step = raw if type(raw) is int and abs(raw) < _INT64 else as_step(raw)
                 if step is None:
                     raise ParseError(f"unusable {key}: {str(raw)[:40]!r}")
-                break
-        for key in STEP_KEYS:
             values.pop(key, None)
         metrics = [k for k in values if k not in NEUTRAL_KEYS and not k.startswith("_")]
         if not metrics:
