@@ -310,6 +310,24 @@ def test_one_gpu_lost_mid_run_others_continue_and_it_recovers(break_gpu):
         assert value(fams, "training_gpu_utilization_ratio", gpu="1") == pytest.approx(0.87)
 
 
+def test_a_lost_gpu_is_logged_once_and_rediscovered_from_scratch(caplog):
+    scn = scenario(h100(0), h100(1, lost=True, errors={"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"}))
+    caplog.set_level(logging.WARNING, logger="exporter.hardware")
+    with running(scn) as (collector, _):
+        fams = polls_after(collector, 5)
+        assert value(fams, "training_gpu_up", gpu="1") == 0
+        assert values(fams, "training_gpu_sample_timestamp_seconds", gpu="1") == []  # never read
+        assert len([r for r in caplog.records if "stopped answering" in r.getMessage()]) == 1
+        scn["gpus"][1]["lost"] = False  # first reading: power is not supported, so omitted
+        wait_for(lambda: value(scrape(collector), "training_gpu_up", gpu="1") == 1)
+        assert values(scrape(collector), "training_gpu_power_draw_watts", gpu="1") == []
+        scn["gpus"][1].update(lost=True, errors={})  # lost again, and replaced by a board with power
+        wait_for(lambda: value(scrape(collector), "training_gpu_up", gpu="1") == 0)
+        scn["gpus"][1]["lost"] = False
+        wait_for(lambda: values(scrape(collector), "training_gpu_power_draw_watts", gpu="1") == [pytest.approx(350.5)])
+        assert len([r for r in caplog.records if "answers again" in r.getMessage()]) == 2
+
+
 def test_transient_error_is_counted_and_the_field_omitted_for_that_poll():
     scn = scenario(h100(0, errors={"nvmlDeviceGetPowerUsage": "TIMEOUT"}))
     with running(scn) as (collector, _):

@@ -101,6 +101,7 @@ class GpuDevice:
     mig_enabled: bool = False
     last_ok: float | None = None
     up: bool = False
+    _down: bool = False  # failed since its last good reading
     skip: set[str] = field(default_factory=set)  # fields this GPU does not support
     _noted: set[str] = field(default_factory=set)  # messages already logged
     _newly_unsupported: list[tuple[str, str]] = field(default_factory=list)  # (why, field), logged after a poll
@@ -117,15 +118,15 @@ class GpuDevice:
             samples, pids = self._read_all()
         except DeviceLost as exc:
             self._log_unsupported()
-            if self.up or self.last_ok is None:
+            if not self._down:  # log the transition, not every poll while it stays down
                 log.warning("GPU %d (%s) stopped answering: %s; its series stop until it recovers",
                             self.index, self.uuid or "uuid unknown", exc)
-            self.up, self.handle = False, None  # fetch a fresh handle next time
+            self.up, self._down, self.handle = False, True, None  # a fresh handle next time
             return GpuReading(self.index, self.uuid, self.name, self.pci_bus_id, False, self.last_ok)
         self._log_unsupported()
-        if not self.up and self.last_ok is not None:
+        if self._down:
             log.warning("GPU %d (%s) answers again", self.index, self.uuid)
-        self.up, self.last_ok = True, time.time()
+        self.up, self._down, self.last_ok = True, False, time.time()
         return GpuReading(self.index, self.uuid, self.name, self.pci_bus_id, True, self.last_ok,
                           tuple(samples), frozenset(pids))
 
@@ -192,8 +193,14 @@ class GpuDevice:
         try:
             self.handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
         except nvml.NVMLError as exc:
-            self.handle_error("handle", exc)
+            if error_code(exc) in GONE_CODES:
+                raise NvmlGone(f"handle: {exc}") from None
             raise DeviceLost(f"no handle: {exc}") from None
+        if self._down:
+            # Back after a loss (perhaps a reset, a new MIG mode): ask for every field again.
+            self.skip.clear()
+            self._fields = None
+            self.close()
         h = self.handle
         self.uuid = text(self.call("uuid", "nvmlDeviceGetUUID", h) or self.uuid)
         self.name = text(self.call("name", "nvmlDeviceGetName", h) or self.name)
@@ -209,12 +216,10 @@ class GpuDevice:
             if value is not None:
                 self._static.append((metric, self._labels(), float(value)))
         if self._gpm is None and "gpm" not in self.skip:
-            self._gpm = GpmSampler(self)
-        elif self._gpm is not None:
-            self._gpm.reset()  # samples from before a loss must not be paired with new ones
+            self._gpm = GpmSampler(self)  # new after a loss: old samples must not be paired with new
 
-    def _labels(self, **extra: str) -> dict[str, str]:
-        return {"gpu": str(self.index), "uuid": self.uuid, **extra}
+    def _labels(self) -> dict[str, str]:
+        return {"gpu": str(self.index), "uuid": self.uuid}
 
     def _read_all(self) -> tuple[list[Sample], set[int]]:
         h, out = self.handle, list(self._static)

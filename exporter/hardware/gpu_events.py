@@ -85,10 +85,11 @@ class XidWatcher:
 
     def _run(self) -> None:
         nvml = self._nvml
+        wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait  # older bindings
         failures = 0
         while not self._stop.is_set():
             try:
-                data = nvml.nvmlEventSetWait_v2(self._event_set, self._timeout_ms)
+                data = wait(self._event_set, self._timeout_ms)
             except nvml.NVMLError as exc:
                 if error_code(exc) == TIMEOUT:
                     continue

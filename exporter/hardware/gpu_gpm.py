@@ -40,9 +40,6 @@ class GpmSampler:
                 return
             self._buffers.append(buffer)
 
-    def reset(self) -> None:
-        self._have_previous = False
-
     def close(self) -> None:
         for buffer in self._buffers:
             try:
