@@ -280,6 +280,26 @@ def test_real_pynvml_without_a_driver_is_unavailable_not_a_crash():
         collector.stop()
 
 
+def test_start_does_not_wait_long_for_a_hung_nvml_init():
+    def slow_init(fake):
+        real_init = fake.nvmlInit
+        fake.nvmlInit = lambda: (time.sleep(1.5), real_init())[1]
+
+    fake = fake_pynvml.load(scenario())
+    slow_init(fake)
+    collector = GpuCollector(poll_interval=0.05, nvml=fake)
+    collector.start_wait = 0.2
+    started = time.perf_counter()
+    collector.start()
+    try:
+        assert time.perf_counter() - started < 1.0
+        with pytest.raises(CollectorUnavailable, match="no GPU poll"):
+            collector.collect()
+        wait_for(lambda: scrape(collector))  # and it gets there once NVML answers
+    finally:
+        collector.stop()
+
+
 def test_collect_before_the_first_poll_is_unavailable():
     collector = GpuCollector(nvml=fake_pynvml.load(scenario()))
     with pytest.raises(CollectorUnavailable, match="no GPU poll"):

@@ -315,23 +315,26 @@ def test_cmdline_pattern_picks_the_oldest_match_and_follows_a_restart():
         assert values(fams, "training_process_info", pid=str(older.pid)) == []
 
 
-def test_cmdline_pattern_never_matches_the_exporter_itself():
+def test_cmdline_pattern_never_matches_the_exporter_or_its_launcher():
     marker = new_marker()
-    # The exporter starts first (so it is the oldest match) with the marker in its own command line.
-    exporter = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys
-            from exporter.hardware.process import ProcessCollector
-            collector = ProcessCollector(cmdline_pattern={marker!r})
-            sys.stdin.readline()
-            for family in collector.collect():
-                for sample in family.samples:
-                    if sample.name == "training_process_info":
-                        print(sample.labels["pid"], flush=True)
-            print("end", flush=True)
-        """), marker],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    exporter_code = textwrap.dedent(f"""
+        import sys
+        from exporter.hardware.process import ProcessCollector
+        collector = ProcessCollector(cmdline_pattern={marker!r})
+        sys.stdin.readline()
+        for family in collector.collect():
+            for sample in family.samples:
+                if sample.name == "training_process_info":
+                    print(sample.labels["pid"], flush=True)
+        print("end", flush=True)
+    """)
+    # Started first (so the oldest matches) through a wrapper, as `sh -c "..."` or `timeout` would
+    # start it: both the wrapper and the exporter carry the marker in their command lines.
+    wrapper = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:-1]))"
+    exporter = subprocess.Popen([sys.executable, "-c", wrapper, sys.executable, "-c", exporter_code, marker, marker],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
+        time.sleep(0.3)  # the wrapped exporter is running
         with trainers() as start:
             trainer = start(marker)
             exporter.stdin.write("go\n")

@@ -89,6 +89,7 @@ def cuda_version_text(version: int) -> str:
 class GpuCollector(Collector):
     name = "gpu"
     retry_interval = 30.0  # seconds between attempts to initialise NVML
+    start_wait = 2.0  # how long start() waits for the first attempt, so early scrapes have data
     event_timeout_ms = 500  # how long the Xid thread blocks in NVML per wait
 
     def __init__(self, poll_interval: float = 1.0, nvml: Any = None) -> None:
@@ -109,6 +110,7 @@ class GpuCollector(Collector):
         self._xid_lock = threading.Lock()
         self._names: dict[int, str] = {}  # pid -> process name, for PIDs still on a GPU
         self._stop = threading.Event()
+        self._first_attempt = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- Collector
@@ -116,9 +118,11 @@ class GpuCollector(Collector):
         if self._thread is not None:
             return
         self._stop.clear()
-        # NVML is initialised in the thread: a hung nvmlInit must not hold up the exporter.
+        # NVML is initialised in the thread, and waited for only briefly: a hung nvmlInit must
+        # not hold up the exporter.
         self._thread = threading.Thread(target=self._run, name="gpu-poll", daemon=True)
         self._thread.start()
+        self._first_attempt.wait(self.start_wait)
 
     def stop(self) -> None:
         self._stop.set()
@@ -164,7 +168,11 @@ class GpuCollector(Collector):
             started = time.monotonic()
             try:
                 if self._nvml is None:
-                    if not self._init():  # polls once when it succeeds
+                    try:
+                        initialised = self._init()  # polls once when it succeeds
+                    finally:
+                        self._first_attempt.set()
+                    if not initialised:
                         self._stop.wait(self.retry_interval)
                         continue
                 else:

@@ -1,8 +1,8 @@
 """The training process: found, followed across restarts, and measured through psutil.
 
 It is found, in this order of priority, by a PID file, by a regular expression over command
-lines (the oldest match, never the exporter itself), or as a process NVML sees on a GPU (the
-oldest). Discovery runs on every collect but stays cheap: the PID file is one small read, and
+lines (the oldest match, never the exporter itself or the processes that launched it), or as a
+process NVML sees on a GPU (the oldest). Discovery runs on every collect but stays cheap: the PID file is one small read, and
 the command-line scan only runs when the process followed so far has gone. When nothing is
 found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing.
 """
@@ -120,10 +120,17 @@ class ProcessCollector(Collector):
     def _from_cmdline(self) -> psutil.Process | None:
         if self._pattern is None:
             return None
+        # Never the exporter, nor what launched it: a wrapper such as `sh -c "training-exporter
+        # --process.cmdline-pattern train.py"` or `timeout` carries the pattern in its own
+        # command line and is older than the trainer.
+        try:
+            excluded = {self._own_pid, *(p.pid for p in psutil.Process(self._own_pid).parents())}
+        except psutil.Error:
+            excluded = {self._own_pid}
         matches = []
         for proc in psutil.process_iter(["cmdline", "create_time"]):
             cmdline = proc.info["cmdline"]
-            if proc.pid == self._own_pid or not cmdline:
+            if proc.pid in excluded or not cmdline:
                 continue
             if self._pattern.search(" ".join(cmdline)):
                 matches.append((proc.info["create_time"] or 0.0, proc.pid))
