@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -443,7 +444,7 @@ def test_process_memory_with_names_where_the_pid_is_visible():
 def test_hung_nvml_call_does_not_delay_collect():
     hang = 2.0
     scn = scenario()
-    with running(scn) as (collector, _):
+    with running(scn) as (collector, fake):
         scn["gpus"][1]["hang"] = {"nvmlDeviceGetUtilizationRates": hang}
         time.sleep(0.3)  # the poll thread is now inside the hanging call
         before = value(scrape(collector), "training_gpu_last_poll_timestamp_seconds")
@@ -457,6 +458,18 @@ def test_hung_nvml_call_does_not_delay_collect():
         assert value(fams, "training_gpu_last_poll_timestamp_seconds") == before
         started = time.perf_counter()
     assert time.perf_counter() - started < 1.5, "stop() must not wait for the hung call"
+    # Once the call returns, the thread left behind releases NVML itself.
+    wait_for(lambda: fake._state["inits"] == 0, timeout=hang + 2)
+
+
+def test_stop_releases_nvml_and_its_threads():
+    before = set(threading.enumerate())
+    with running(scenario(h100(0, xid_events=[13]))) as (collector, fake):
+        wait_for(lambda: values(scrape(collector), "training_gpu_xid_errors_total"))
+        assert fake._state["inits"] == 1
+        assert {t.name for t in set(threading.enumerate()) - before} == {"gpu-poll", "gpu-xid-events"}
+    assert fake._state["inits"] == 0
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
 
 
 def test_gpu_pids_empty_before_any_poll():

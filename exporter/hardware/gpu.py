@@ -117,11 +117,14 @@ class GpuCollector(Collector):
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stop.clear()
-        # NVML is initialised in the thread, and waited for only briefly: a hung nvmlInit must
-        # not hold up the exporter.
-        self._thread = threading.Thread(target=self._run, name="gpu-poll", daemon=True)
+        # Each thread gets its own events, so one left stuck in NVML by an earlier stop() stays
+        # stopped when it returns.
+        self._stop, self._first_attempt = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop, self._first_attempt),
+                                        name="gpu-poll", daemon=True)
         self._thread.start()
+        # NVML is initialised in the thread and waited for only briefly: a hung nvmlInit must
+        # not hold the exporter up.
         self._first_attempt.wait(self.start_wait)
 
     def stop(self) -> None:
@@ -130,9 +133,7 @@ class GpuCollector(Collector):
         if thread is not None:
             thread.join(timeout=1.0)
             if thread.is_alive():
-                log.warning("GPU poll thread is stuck in an NVML call; leaving it behind")
-                return
-        self._shutdown_nvml()
+                log.warning("GPU poll thread is stuck in an NVML call; it releases NVML when the call returns")
 
     def collect(self) -> Iterable[Metric]:
         snap = self._snapshot
@@ -163,24 +164,30 @@ class GpuCollector(Collector):
         return set().union(*(gpu.pids for gpu in snap.gpus)) if snap else set()
 
     # -- background thread
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event, first_attempt: threading.Event) -> None:
+        while not stop.is_set():
             started = time.monotonic()
             try:
                 if self._nvml is None:
                     try:
                         initialised = self._init()  # polls once when it succeeds
                     finally:
-                        self._first_attempt.set()
+                        first_attempt.set()
                     if not initialised:
-                        self._stop.wait(self.retry_interval)
+                        stop.wait(self.retry_interval)
                         continue
                 else:
                     self._poll()
-            except Exception:  # a bug must not kill the thread and freeze the data silently
+            except Exception as exc:  # a bug must not kill the thread and freeze the data silently
                 self._poll_errors += 1
-                log.exception("GPU poll failed")
-            self._stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
+                if repr(exc) not in self._warned:
+                    self._warned.add(repr(exc))
+                    log.exception("GPU poll failed (repeats are counted in training_gpu_poll_errors_total)")
+            stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
+        # The thread that used NVML releases it, also when stop() stopped waiting for it; unless
+        # a newer thread has taken over since.
+        if self._thread in (None, threading.current_thread()):
+            self._shutdown_nvml()
 
     def _init(self) -> bool:
         try:
