@@ -210,8 +210,9 @@ class GpuDevice:
         mode = self.call("mig_mode", "nvmlDeviceGetMigMode", h)
         self.mig_enabled = bool(mode) and mode[0] == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
         self._static = []
-        for key, fn_name, metric in (("pcie_max_gen", "nvmlDeviceGetMaxPcieLinkGeneration", "training_gpu_pcie_link_generation_max"),
-                                     ("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", "training_gpu_pcie_link_width_max_lanes")):
+        for key, fn_name, metric in (
+                ("pcie_max_gen", "nvmlDeviceGetMaxPcieLinkGeneration", "training_gpu_pcie_link_generation_max"),
+                ("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", "training_gpu_pcie_link_width_max_lanes")):
             value = self.call(key, fn_name, h)
             if value is not None:
                 self._static.append((metric, self._labels(), float(value)))
@@ -237,10 +238,11 @@ class GpuDevice:
         add("training_gpu_power_draw_watts", self.call("power", "nvmlDeviceGetPowerUsage", h), 1e-3)
         add("training_gpu_power_limit_watts", self.call("power_limit", "nvmlDeviceGetEnforcedPowerLimit", h), 1e-3)
         add("training_gpu_energy_joules_total", self.call("energy", "nvmlDeviceGetTotalEnergyConsumption", h), 1e-3)
-        add("training_gpu_temperature_celsius",
-            self.call("temperature", "nvmlDeviceGetTemperature", h, getattr(self.nvml, "NVML_TEMPERATURE_GPU", 0)))
-        add("training_gpu_sm_clock_hertz", self.call("sm_clock", "nvmlDeviceGetClockInfo", h, getattr(self.nvml, "NVML_CLOCK_SM", 1)), 1e6)
-        add("training_gpu_memory_clock_hertz", self.call("mem_clock", "nvmlDeviceGetClockInfo", h, getattr(self.nvml, "NVML_CLOCK_MEM", 2)), 1e6)
+        core_sensor = getattr(self.nvml, "NVML_TEMPERATURE_GPU", 0)
+        sm_clock, mem_clock = getattr(self.nvml, "NVML_CLOCK_SM", 1), getattr(self.nvml, "NVML_CLOCK_MEM", 2)
+        add("training_gpu_temperature_celsius", self.call("temperature", "nvmlDeviceGetTemperature", h, core_sensor))
+        add("training_gpu_sm_clock_hertz", self.call("sm_clock", "nvmlDeviceGetClockInfo", h, sm_clock), 1e6)
+        add("training_gpu_memory_clock_hertz", self.call("mem_clock", "nvmlDeviceGetClockInfo", h, mem_clock), 1e6)
         self._clock_events(h, add)
         add("training_gpu_pcie_link_generation", self.call("pcie_gen", "nvmlDeviceGetCurrPcieLinkGeneration", h))
         add("training_gpu_pcie_link_width_lanes", self.call("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth", h))
@@ -296,7 +298,8 @@ class GpuDevice:
                 self.handle_error(name, exc)  # lost/gone raise; others are counted
                 continue
             keep.append((fid, name))
-            number = getattr(value.value, _VALUE_MEMBERS[value.valueType]) if value.valueType < len(_VALUE_MEMBERS) else None
+            member = _VALUE_MEMBERS[value.valueType] if value.valueType < len(_VALUE_MEMBERS) else None
+            number = getattr(value.value, member) if member else None
             if number is None or (isinstance(number, int) and number in SENTINELS):
                 self.note(name, "reported as not available; omitted")
                 continue
