@@ -9,17 +9,19 @@ and the next evaluation is nan. The exporter follows that log and serves the met
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 LOG_EVERY = 10
 EVAL_EVERY = 50
-NAN_FROM_STEP = 520
+NAN_FROM_STEP = 560
+PLATEAU_FROM_STEP = 200
 
 
 def _bar(step: int, total: int, elapsed: float) -> str:
@@ -51,8 +53,13 @@ def simulate(path: str, steps: int, speed: float, stop: threading.Event, seed: i
                 log.write(f"\r{' ' * len(bar)}\r{{'loss': '{loss:.4f}', 'grad_norm': '{grad_norm}', "
                           f"'learning_rate': '{lr:.4e}', 'epoch': '{epoch}'}}\n{bar}")
             if step % EVAL_EVERY == 0:
-                # Improves until about step 250, then wanders within noise: a plateau.
-                val = "nan" if step >= NAN_FROM_STEP else f"{1.45 + 1.4 * math.exp(-step / 70) + rng.gauss(0, 0.004):.4f}"
+                # Improves until PLATEAU_FROM_STEP, then creeps up within noise: a plateau.
+                if step >= NAN_FROM_STEP:
+                    val = "nan"
+                elif step <= PLATEAU_FROM_STEP:
+                    val = f"{1.45 + 1.4 * math.exp(-step / 70):.4f}"
+                else:
+                    val = f"{1.533 + 0.0004 * (step - PLATEAU_FROM_STEP) / 10 + rng.gauss(0, 0.002):.4f}"
                 log.write(f"\n{{'eval_loss': '{val}', 'eval_runtime': '1.52', 'eval_samples_per_second': '336.8', "
                           f"'eval_steps_per_second': '10.53', 'epoch': '{epoch}'}}\n")
         runtime = time.time() - started
@@ -79,8 +86,6 @@ def run_demo(argv: list[str]) -> int:
     os.makedirs(directory, exist_ok=True)
     log_path = os.path.join(directory, "train.log")
     pid_path = os.path.join(directory, "train.pid")
-    with open(pid_path, "w") as handle:
-        handle.write(f"{os.getpid()}\n")  # the simulated job runs inside this process
 
     config = Config(logs=[LogConfig(path=log_path)])
     config.web.listen_address = args.listen_address
@@ -88,17 +93,27 @@ def run_demo(argv: list[str]) -> int:
     validate(config, "demo")
     _setup_logging(config.log_level)
 
-    stop = threading.Event()
-    writer = threading.Thread(target=simulate, args=(log_path, args.steps, args.speed, stop), daemon=True)
+    # The simulated job is a process of its own, as a real one would be, so the process
+    # collector has something to watch.
+    job: list[subprocess.Popen] = []
 
     def started(exporter) -> None:
         host, port = exporter.server.httpd.server_address[:2]
         shown = host if host not in ("", "0.0.0.0", "::") else "localhost"
         print(f"training-exporter demo: simulated run writing {log_path}", flush=True)
         print(f"training-exporter demo: metrics at http://{shown}:{port}/metrics  (Ctrl-C to stop)", flush=True)
-        writer.start()
+        job.append(subprocess.Popen([sys.executable, "-m", "exporter.demo", log_path, str(args.steps), str(args.speed)]))
+        with open(pid_path, "w") as handle:
+            handle.write(f"{job[0].pid}\n")
 
     try:
         return serve(config, on_started=started)
     finally:
-        stop.set()
+        for process in job:
+            process.terminate()
+            process.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    # The simulated job itself: python -m exporter.demo LOG STEPS SPEED
+    simulate(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), threading.Event())

@@ -24,6 +24,12 @@ def test_demo_serves_a_run_that_plateaus_then_goes_nan(tmp_path):
         def metrics():
             return parse_metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
 
+        # While the simulated job runs, its own process is watched.
+        wait_for(lambda: value(metrics(), "training_step", source="train.log") > 0, 30, "no progress")
+        running = metrics()
+        assert value(running, "training_process_up") == 1
+        assert value(running, "training_process_resident_memory_bytes") > 1e6
+
         wait_for(lambda: value(metrics(), "training_records_total", source="train.log", kind="summary") == 1,
                  30, "the simulated run did not finish")
         m = metrics()
@@ -37,7 +43,8 @@ def test_demo_serves_a_run_that_plateaus_then_goes_nan(tmp_path):
         assert value(m, "training_validation_evals_total", source=src) == 12
         assert value(m, "training_loss", source=src) < 2.0
         assert value(m, "training_log_format_info", source=src, format="huggingface") == 1
-        assert value(m, "training_process_up") == 1
+        # The job has exited: reported as gone, not silently vanished.
+        wait_for(lambda: value(metrics(), "training_process_up") == 0, 10, "finished job not reported gone")
     finally:
         proc.terminate()
         proc.wait(timeout=5)
