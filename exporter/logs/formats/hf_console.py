@@ -1,0 +1,234 @@
+"""Hugging Face Trainer console output: the logs dict that the progress callback prints.
+
+Two generations of the same line::
+
+    {'loss': 2.31, 'grad_norm': nan, 'learning_rate': 4.5e-05, 'epoch': 0.5}          # 4.x: repr
+    {'loss': '2.564', 'grad_norm': 'nan', 'learning_rate': '4.5e-05', 'epoch': '0.5'}  # 5.x: '{:.4g}'
+
+The 4.x form is a Python repr, so it holds bare ``nan``/``inf`` (which ``ast.literal_eval``
+rejects) and, with numpy 2 or an unconverted tensor, ``np.float64(0.85)`` or
+``tensor(1.2, device='cuda:0')``. The dict is written through tqdm, so when stdout and stderr
+share a file the training bar is often glued in front of it with no separator.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Kind, ParseError, Record, to_float
+from .events import MAX_LINE, parse_progress_bar
+
+# Keys the Trainer itself puts in its logs. A dict without any of them is some other print
+# (a config, a batch) and not this dialect's.
+_MARKER_KEYS = frozenset({"loss", "epoch", "learning_rate", "grad_norm", "train_runtime", "train_loss"})
+_MARKER_PREFIXES = ("eval_", "test_")
+
+# What may stand in front of the dict: tqdm's redraws, ending with the "[elapsed<left, rate]"
+# bracket. Anything else in front means the dict is quoted inside some other message.
+_BAR_TAIL = re.compile(r"\[[^\[\]]{0,200}(?:it/s|s/it|\?)[^\[\]]{0,200}\]\s*$")
+
+# Wrappers a repr may put around a number: numpy scalars and tensors.
+_WRAPPED = re.compile(
+    r"(?:np|numpy)\.(?:float|int|uint)\d{1,3}\(\s*([^,()\s]{1,64})\s*\)$"
+    r"|tensor\(\s*([^,()\s]{1,64})\s*(?:,[^()]{0,200})?\)$"
+)
+
+
+class HuggingFaceConsole:
+    name = "huggingface"
+
+    def parse(self, line: str) -> list[Record]:
+        if len(line) > MAX_LINE:
+            return []
+        start = _dict_start(line)
+        if start < 0:
+            progress = parse_progress_bar(line)
+            # A bare progress bar still tells how far training is.
+            return [Record(progress=progress)] if progress is not None else []
+        prefix = line[:start]
+        progress = None
+        if prefix.strip():
+            if not _BAR_TAIL.search(prefix):
+                return []  # the dict is quoted inside some other message
+            progress = parse_progress_bar(prefix)
+        try:
+            items, end = _read_flat_dict(line, start)
+        except _Unreadable:
+            if _mentions_marker(line, start):
+                raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
+            return []
+        if not any(_is_marker(key) for key, _ in items):
+            return []
+        # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
+        after = parse_progress_bar(line[end:])
+        if after is not None:
+            progress = after
+        return [_record(items, progress)]
+
+
+def _is_marker(key: str) -> bool:
+    return key in _MARKER_KEYS or key.startswith(_MARKER_PREFIXES)
+
+
+def _mentions_marker(line: str, start: int) -> bool:
+    head = line[start:start + 4096]
+    return any(f"{q}{key}{q}" in head for key in _MARKER_KEYS for q in "'\"") or any(
+        f"{q}{prefix}" in head for prefix in _MARKER_PREFIXES for q in "'\""
+    )
+
+
+def _dict_start(line: str) -> int:
+    """Where a dict with a quoted first key begins, or -1."""
+    found = [index for index in (line.find("{'"), line.find('{"')) if index >= 0]
+    return min(found) if found else -1
+
+
+def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -> Record:
+    keys = {key for key, _ in items}
+    if "train_runtime" in keys:
+        kind = Kind.SUMMARY
+    elif any(key.startswith(_MARKER_PREFIXES) for key in keys):
+        kind = Kind.EVAL
+    else:
+        kind = Kind.TRAIN
+    values: dict[str, float] = {}
+    step: int | None = None
+    for key, raw in items:
+        value = _number(raw)
+        if value is None:
+            continue  # strings, None, lists: not metrics
+        if key == "step" and value.is_integer():
+            step = int(value)  # the Trainer's console dict has none; a custom callback may add it
+            continue
+        values[key] = value
+    return Record(values=values, kind=kind, step=step, progress=progress)
+
+
+def _number(raw: object) -> float | None:
+    """A value as a float, or None when it is not a number (bools included: not metrics)."""
+    if not isinstance(raw, str):
+        return None
+    text = raw
+    if text[:1] in ("'", '"'):
+        text = text[1:-1]  # transformers 5 quotes every float: '2.564', 'nan'
+    wrapped = _WRAPPED.match(text)
+    if wrapped:
+        text = wrapped.group(1) or wrapped.group(2)
+    if text in ("True", "False", "None"):
+        return None
+    try:
+        return to_float(text)
+    except ParseError:
+        return None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+_SPACE = " \t"
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
+    """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
+
+    A raw value is its source text: a quoted string keeps its quotes, so numbers printed as
+    strings can be told from real strings; nested containers are skipped over, never read.
+    Linear in the length of the dict.
+    """
+    i = start + 1
+    n = len(text)
+    items: list[tuple[str, object]] = []
+
+    def skip_space(pos: int) -> int:
+        while pos < n and text[pos] in _SPACE:
+            pos += 1
+        return pos
+
+    i = skip_space(i)
+    if i < n and text[i] == "}":
+        return items, i + 1
+    while True:
+        i = skip_space(i)
+        if i >= n or text[i] not in "'\"":
+            raise _Unreadable
+        key_end = _end_of_string(text, i)
+        key = _unquote(text[i:key_end])
+        i = skip_space(key_end)
+        if i >= n or text[i] != ":":
+            raise _Unreadable
+        i = skip_space(i + 1)
+        value_end = _end_of_value(text, i)
+        raw = text[i:value_end].strip()
+        if not raw:
+            raise _Unreadable
+        items.append((key, raw))
+        i = skip_space(value_end)
+        if i >= n:
+            raise _Unreadable
+        if text[i] == "}":
+            return items, i + 1
+        if text[i] != ",":
+            raise _Unreadable
+        i += 1
+
+
+def _end_of_string(text: str, i: int) -> int:
+    """Index just past the quoted string starting at ``text[i]``."""
+    quote = text[i]
+    j = i + 1
+    n = len(text)
+    while j < n:
+        char = text[j]
+        if char == "\\":
+            j += 2
+            continue
+        if char == quote:
+            return j + 1
+        j += 1
+    raise _Unreadable
+
+
+def _end_of_value(text: str, i: int) -> int:
+    """Index of the ``,`` or ``}`` that ends the value starting at ``text[i]``."""
+    n = len(text)
+    stack: list[str] = []
+    j = i
+    while j < n:
+        char = text[j]
+        if char in "'\"":
+            j = _end_of_string(text, j)
+            continue
+        if char in _CLOSERS:
+            stack.append(_CLOSERS[char])
+        elif char in ")]}":
+            if not stack:
+                if char == "}":
+                    return j
+                raise _Unreadable
+            if stack.pop() != char:
+                raise _Unreadable
+        elif char == "," and not stack:
+            return j
+        j += 1
+    raise _Unreadable
+
+
+def _unquote(quoted: str) -> str:
+    body = quoted[1:-1]
+    if "\\" not in body:
+        return body
+    # Enough of Python's escapes for a key: \\, \', \" and the common control characters.
+    out = []
+    k = 0
+    while k < len(body):
+        char = body[k]
+        if char == "\\" and k + 1 < len(body):
+            nxt = body[k + 1]
+            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt))
+            k += 2
+            continue
+        out.append(char)
+        k += 1
+    return "".join(out)
