@@ -150,3 +150,32 @@ def test_sigterm_stops_within_a_second(tmp_path, exporter_process):
     exporter.proc.wait(timeout=5)
     assert exporter.proc.returncode == 0
     assert time.monotonic() - started < 1.5
+
+
+def test_config_file_with_a_user_regex_format_and_aliases(tmp_path, exporter_process):
+    log = tmp_path / "custom.out"
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"""
+logs:
+  - path: {log}
+    format: regex
+    source: rank0
+    patterns:
+      - '^\\[(?P<step>\\d+)\\] loss=(?P<loss>\\S+)$'
+      - {{pattern: '^eval (?P<step>\\d+) nll=(?P<holdout_nll>\\S+)$', kind: eval}}
+vocabulary:
+  validation_loss: [holdout_nll]
+signals:
+  patience: 2
+collectors: {{gpu: false, host: false, process: false}}
+""")
+    append(log, "[10] loss=2.5", "eval 10 nll=2.0", "[20] loss=nan", "eval 20 nll=2.1",
+           "something else entirely")
+    exporter = exporter_process("--config", str(config))
+    m = exporter.metrics()
+    assert value(m, "training_step", source="rank0") == 20
+    assert value(m, "training_validation_loss_best", source="rank0") == 2.0
+    assert value(m, "training_validation_evals_since_best", source="rank0") == 1
+    assert value(m, "training_validation_patience", source="rank0") == 2
+    assert value(m, "training_nonfinite_values_total", source="rank0", key="loss") == 1
+    assert value(m, "training_log_format_info", source="rank0", format="regex") == 1

@@ -193,3 +193,13 @@ def test_vocabulary_extra_aliases_and_bounded_names():
     assert vocab.name("holdout_nll", Kind.EVAL) == "validation_loss"
     assert len(normalise("k" * 500)) == 64
     assert normalise('a"b\nc{}=') == "a_b_c"
+
+
+def test_the_same_nan_reported_twice_at_one_step_counts_once():
+    s = state()
+    # torchtune's console: the bar "1|3|Loss: nan" is redrawn beside "Step 3 | loss:nan".
+    s.apply(Record(values={"Loss": float("nan")}, step=3), 1.0)
+    s.apply(Record(values={"loss": float("nan")}, step=3), 1.0)
+    s.apply(Record(values={"Loss": float("nan")}, step=3), 1.1)
+    s.apply(Record(values={"loss": float("nan")}, step=4), 1.2)
+    assert s.snapshot().nonfinite == {"loss": 2}

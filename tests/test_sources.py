@@ -111,14 +111,25 @@ def test_glob_gives_one_source_per_file_and_disambiguates_names(tmp_path):
     follower.stop()
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("hf_console.log", "huggingface"),
-    ("hf_console_nan.log", "huggingface"),
-    ("keras_training.csv", "keras_csv"),
-    ("lightning_metrics.csv", "lightning_csv"),
+CONSOLE = FIXTURES / "console"
+
+
+@pytest.mark.parametrize("path,expected", [
+    (REAL / "hf_console.log", "huggingface"),
+    (REAL / "hf_console_nan.log", "huggingface"),
+    (REAL / "keras_training.csv", "keras_csv"),
+    (REAL / "lightning_metrics.csv", "lightning_csv"),
+    (CONSOLE / "hf_transformers4.log", "huggingface"),
+    (CONSOLE / "hf_transformers5.log", "huggingface"),
+    (CONSOLE / "nanogpt.log", "nanogpt"),
+    (CONSOLE / "megatron.log", "megatron"),
+    (CONSOLE / "deepspeed.log", "deepspeed"),
+    (CONSOLE / "torchtune.log", "torchtune"),
+    (CONSOLE / "fairseq.log", "fairseq"),
+    (CONSOLE / "fairseq_hydra_json.log", "fairseq"),
 ])
-def test_real_logs_are_detected(tmp_path, name, expected):
-    follower = follow(LogSpec(str(REAL / name)))
+def test_logs_are_detected_by_content(path, expected):
+    follower = follow(LogSpec(str(path)))
     (reader,) = follower.readers.values()
     assert reader.format_name == expected
     assert reader.stats.parse_errors == 0
@@ -155,3 +166,38 @@ def test_damaged_tensorboard_record_is_counted_and_the_rest_read(tmp_path):
     assert reader.stats.parse_errors >= 1
     assert 0 < reader.stats.lines < intact_lines
     follower.stop()
+
+
+def test_megatron_nan_iteration_counts_as_a_nan_loss():
+    follower = follow(LogSpec(str(CONSOLE / "megatron.log")))
+    snap = follower.states["megatron.log"].snapshot()
+    assert snap.nonfinite["loss"] == 1  # the iteration line had no "lm loss" and 1 nan iteration
+    assert snap.max_steps is not None
+    follower.stop()
+
+
+def test_oom_traceback_is_one_event():
+    follower = follow(LogSpec(str(CONSOLE / "oom_traceback.log")))
+    assert follower.states["oom_traceback.log"].snapshot().events["oom"] == 1
+    follower.stop()
+
+
+def test_follows_by_polling_where_inotify_is_missing(tmp_path):
+    import time
+
+    log = tmp_path / "train.log"
+    log.write_text("iter 1: loss 2.0000, time 50.00ms, mfu 30.00%\n")
+    follower = LogFollower([LogSpec(str(log))], SignalSettings(), Vocabulary(), poll_interval=0.05)
+    follower._waker.close()  # as on a system without inotify: the follower falls back to polling
+    assert not follower._waker.uses_inotify
+    follower.start()
+    try:
+        with open(log, "a") as handle:
+            handle.write("iter 2: loss 1.5000, time 50.00ms, mfu 30.00%\n")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (follower.states.get("train.log") is None
+                                               or follower.states["train.log"].snapshot().step != 2):
+            time.sleep(0.02)
+        assert follower.states["train.log"].snapshot().values["loss"] == 1.5
+    finally:
+        follower.stop()

@@ -88,6 +88,7 @@ class SourceState:
         self._max_steps: float | None = None
         self._progress: tuple[int, int] | None = None
         self._nonfinite: dict[str, int] = {}
+        self._nonfinite_at: dict[str, int | None] = {}  # the step of each key's last NaN
         self._records = {kind.value: 0 for kind in Kind}
         self._events = {event.value: 0 for event in Event}
         self._best: float | None = None
@@ -201,10 +202,15 @@ class SourceState:
             self._advance(done, when)
 
     def _count_nonfinite(self, name: str, step: int | None) -> None:
+        # One NaN per key and step: a progress bar redrawn beside its step line (torchtune) or a
+        # value logged twice must not count twice.
+        if step is not None and self._nonfinite_at.get(name) == step:
+            return
         if name not in self._nonfinite and len(self._nonfinite) >= self.settings.max_keys:
             self._dropped_keys_total += 1
             return
         self._nonfinite[name] = self._nonfinite.get(name, 0) + 1
+        self._nonfinite_at[name] = step
         if self._keep_history and len(self._nonfinite_steps) < 10_000:
             self._nonfinite_steps.append((step, name))
 
