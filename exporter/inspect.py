@@ -5,7 +5,6 @@ This is how a user checks, before deploying, that their log is read as they expe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
