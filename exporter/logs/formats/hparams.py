@@ -8,12 +8,12 @@ dropped like every other list.
 
 from __future__ import annotations
 
-import math
 import re
 
 import yaml
 
 from .base import ParseError
+from .jsonl import number
 
 MAX_STRING = 64
 MAX_DEPTH = 16
@@ -38,16 +38,9 @@ _TolerantLoader.add_multi_constructor("", _untagged)
 
 
 def _leaf(value) -> float | str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        try:
-            return float(value)
-        except OverflowError:
-            return math.inf if value > 0 else -math.inf
-    if isinstance(value, str) and len(value) <= MAX_STRING:
+    if not isinstance(value, str):
+        return number(value)
+    if len(value) <= MAX_STRING:
         return float(value) if _EXPONENT.fullmatch(value) else value
     return None
 
