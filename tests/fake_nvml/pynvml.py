@@ -447,7 +447,7 @@ def nvmlEventSetWait_v2(eventSet, timeoutms):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise NVMLError(NVML_ERROR_TIMEOUT)
-        time.sleep(min(0.01, remaining))
+        time.sleep(min(0.1, remaining))  # the real call blocks in C; a coarse poll keeps the fake cheap
 
 
 nvmlEventSetWait = nvmlEventSetWait_v2
