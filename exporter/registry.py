@@ -35,12 +35,12 @@ class CollectorSet:
             try:
                 families = list(collector.collect())
                 ok = 1
-            except CollectorUnavailable as error:
+            except CollectorUnavailable:
+                # The collector says why in the log itself, once; here it only shows as failed.
                 families, ok = [], 0
-                self._report(collector.name, f"collector {collector.name} is not working: {error}", exc=False)
             except Exception as error:  # noqa: BLE001 - one collector's bug must not fail the scrape
                 families, ok = [], 0
-                self._report(collector.name, f"collector {collector.name} failed: {error!r}", exc=True)
+                self._report(collector.name, f"collector {collector.name} failed: {error!r}")
             else:
                 self._reported.pop(collector.name, None)
             yield from families
@@ -52,14 +52,11 @@ class CollectorSet:
         build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
         yield build
 
-    def _report(self, name: str, message: str, exc: bool) -> None:
+    def _report(self, name: str, message: str) -> None:
         if self._reported.get(name) == message:
             return
         self._reported[name] = message
-        if exc:
-            log.exception(message)
-        else:
-            log.warning(message)
+        log.exception(message)
 
 
 def build_registry(collectors: list[Collector]) -> CollectorRegistry:

@@ -80,7 +80,7 @@ def test_summary_does_not_pose_as_the_current_loss():
     s.apply(Record(values={"train_loss": 1.7, "train_runtime": 12.0}, kind=Kind.SUMMARY), 2.0)
     snap = s.snapshot()
     assert snap.values["loss"] == 0.9
-    assert snap.extra["summary_loss"] == 1.7
+    assert snap.extra["summary_train_loss"] == 1.7
     assert snap.extra["summary_train_runtime"] == 12.0
 
 

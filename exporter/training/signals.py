@@ -144,7 +144,7 @@ class SourceState:
         if record.kind is Kind.SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss.
             for key, value in record.values.items():
-                self._set_extra("summary_" + self.vocabulary.name(key, Kind.SUMMARY), value)
+                self._set_extra("summary_" + normalise(key), value)
             return
 
         if record.step is not None:
