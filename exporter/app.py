@@ -13,6 +13,7 @@ from .registry import build_registry
 from .server import MetricsServer
 from .training.collector import TrainingCollector
 from .training.vocabulary import Vocabulary
+from .webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class Exporter:
         self.collectors = make_collectors(config, self.follower)
         training_enabled = config.collectors.get("training", True)
         self.registry = build_registry(self.collectors)
+        security = load_web_config(config.web.config_file) if config.web.config_file else None
         self.server = MetricsServer(config.web.listen_address, self.registry,
-                                    is_ready=(lambda: self.follower.ready) if training_enabled else (lambda: True))
+                                    is_ready=(lambda: self.follower.ready) if training_enabled else (lambda: True),
+                                    security=security)
 
     def start(self) -> None:
         for collector in self.collectors:
@@ -97,7 +100,8 @@ def serve(config: Config, on_started=None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     exporter.start()
     host, port = exporter.server.httpd.server_address[:2]
-    log.info("listening on %s:%d; following %d log path(s)", host or "0.0.0.0", port, len(config.logs))
+    scheme = "https" if exporter.server.httpd.tls else "http"
+    log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host or "0.0.0.0", port, len(config.logs))
     if on_started is not None:
         on_started(exporter)
     stopping.wait()

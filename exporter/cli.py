@@ -57,6 +57,8 @@ def _serve_parser(prog: str) -> argparse.ArgumentParser:
     _add_log_flags(parser)
     parser.add_argument("--web.listen-address", dest="listen_address", metavar="ADDR",
                         help="address to serve on (default :9945)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="TLS and basic auth, in the format of Prometheus's exporter-toolkit")
     parser.add_argument("--log.level", dest="log_level", choices=LOG_LEVELS, help="logging level (default info)")
     for name in COLLECTORS:
         parser.add_argument(f"--collector.{name}", dest=f"collector_{name}", default=None,
@@ -97,6 +99,8 @@ def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config
             config.collectors[name] = flag
     if getattr(args, "listen_address", None):
         config.web.listen_address = args.listen_address
+    if getattr(args, "web_config_file", None):
+        config.web.config_file = args.web_config_file
     if getattr(args, "log_level", None):
         config.log_level = args.log_level
     if getattr(args, "gpu_poll", None):

@@ -41,6 +41,7 @@ class LogConfig:
 @dataclass
 class WebConfig:
     listen_address: str = ":9945"
+    config_file: str | None = None  # TLS and basic auth, exporter-toolkit's format (webconfig.py)
 
 
 @dataclass
@@ -180,6 +181,10 @@ def validate(config: Config, filename: str) -> None:
         parse_listen_address(config.web.listen_address)
     except ValueError as error:
         raise ConfigError(f"{filename}: web.listen_address: {error}") from None
+    if config.web.config_file:
+        from .webconfig import load_web_config
+
+        load_web_config(config.web.config_file)  # its errors name that file and its key
     if config.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{filename}: log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     for name in config.collectors:

@@ -1,11 +1,18 @@
 """The HTTP endpoint: /metrics, /-/healthy, /-/ready and an index page. Knows nothing of
-training: it serves a registry and asks a callable whether the exporter is ready."""
+training: it serves a registry and asks a callable whether the exporter is ready.
+
+With a web config (``webconfig.py``) it serves HTTPS and asks every request, whatever its path,
+for basic-auth credentials, as Prometheus's own exporters do.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import logging
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -13,6 +20,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import __version__
+from .webconfig import WebSecurity, client_sans
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +44,20 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# A client that connects and then says nothing must not hold a thread for ever.
+HANDSHAKE_TIMEOUT_SECONDS = 5.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"training-exporter/{__version__}"
     registry: CollectorRegistry
     is_ready: Callable[[], bool]
+    security: WebSecurity | None = None
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        if not self._authorized():
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Basic"})
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._metrics()
@@ -56,6 +72,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, INDEX.format(version=__version__).encode(), "text/html; charset=utf-8")
         else:
             self._send(404, b"Not found\n", "text/plain; charset=utf-8")
+
+    def _authorized(self) -> bool:
+        passwords = self.security.passwords if self.security else None
+        if passwords is None:
+            return True
+        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, colon, password = decoded.partition(":")
+        return bool(colon) and passwords.check(user, password)
 
     def _metrics(self) -> None:
         try:
@@ -76,6 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.security is not None:
+            for name, value in self.security.headers.items():
+                self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -86,15 +119,43 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+    allowed_sans: tuple[str, ...] = ()
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake happens here, in the connection's own thread: done on the listening
+        # socket, one slow or silent client would stall every other.
+        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        try:
+            connection = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as error:  # plain HTTP, no or untrusted client certificate
+            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+            return
+        try:
+            if self.allowed_sans and not client_sans(connection.getpeercert()) & set(self.allowed_sans):
+                log.debug("client certificate of %s names none of client_allowed_sans", client_address[0])
+                return
+            super().finish_request(connection, client_address)
+        finally:
+            self.shutdown_request(connection)
+
+
 class MetricsServer:
-    def __init__(self, address: str, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, address: str, registry: CollectorRegistry, is_ready: Callable[[], bool],
+                 security: WebSecurity | None = None) -> None:
         host, port = parse_listen_address(address)
-        handler = type("Handler", (_Handler,), {"registry": registry, "is_ready": staticmethod(is_ready)})
-        server_class = ThreadingHTTPServer
+        handler = type("Handler", (_Handler,), {"registry": registry, "is_ready": staticmethod(is_ready),
+                                                "security": security})
+        attributes = {"tls": security.tls if security else None,
+                      "allowed_sans": security.allowed_sans if security else ()}
         if ":" in host:
-            server_class = type("IPv6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
-        self.httpd = server_class((host, port), handler)
-        self.httpd.daemon_threads = True
+            attributes["address_family"] = socket.AF_INET6
+        self.httpd = type("Server", (_Server,), attributes)((host, port), handler)
         self._thread: threading.Thread | None = None
 
     @property
