@@ -116,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the http.server API
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %r", self.address_string(), format % args)
 
 
 class _Server(ThreadingHTTPServer):

@@ -383,4 +383,7 @@ def test_a_hostile_log_cannot_inject_into_the_exposition(tmp_path, exporter_proc
     assert not [k for k in metrics if k[0] == "training_hparam_info" and ("source", "run") in k[1]
                 and ("key", "name") in k[1]]  # it held a newline
     assert value(metrics, "training_hparam", source="run", key="weird_key") == 1
+    # Nor into the exporter's own log, where the file name is mentioned.
+    output = exporter.stop()
+    assert "following" in output and not any(line.startswith("injected") for line in output.splitlines())
     assert value(metrics, "training_hparam", source="run", key="lr") == float("inf")

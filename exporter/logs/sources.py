@@ -113,7 +113,7 @@ class LogFollower:
                         readers[path] = reader
                         continue
                 readers[path] = make_reader(path, source, state, spec, self.max_line_bytes)
-                log.info("following %s as source %r", path, source)
+                log.info("following %r as source %r", path, source)
             self._watch(spec, paths)
         self.readers, self.states = readers, states
         self._scanned_once = True
@@ -143,7 +143,7 @@ class LogFollower:
             try:
                 reader.poll()
             except Exception:  # noqa: BLE001 - one bad file must not stop the others
-                log.exception("error reading %s; it will be tried again", reader.path)
+                log.exception("error reading %r; it will be tried again", reader.path)
                 reader.follower.at_end = True  # wait for the next change rather than spin
 
     def read_to_end(self, max_passes: int = 10_000) -> None:
