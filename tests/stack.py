@@ -66,7 +66,6 @@ def _require_binary(names: tuple[str, ...]) -> str:
 
 
 def free_port() -> int:
-    # The same as conftest's; not imported from there so conftest can import this module.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
