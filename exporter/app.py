@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from .collector_base import Collector
 from .config import Config
@@ -16,6 +17,9 @@ from .training.vocabulary import Vocabulary
 from .webconfig import load_web_config
 
 log = logging.getLogger(__name__)
+
+# SIGTERM must end the process within a second; this is what stopping may take of it.
+STOP_SECONDS = 0.5
 
 
 def log_specs(config: Config) -> list[LogSpec]:
@@ -79,12 +83,30 @@ class Exporter:
         self.server.start()
 
     def stop(self) -> None:
-        self.server.stop()
-        for collector in self.collectors:
-            try:
-                collector.stop()
-            except Exception:  # noqa: BLE001 - shutting down regardless
-                log.exception("error stopping collector %s", collector.name)
+        """Stop the server and every collector at the same time, waiting STOP_SECONDS at most.
+
+        One after the other, their waits add up (the server's poll, the GPU thread's NVML event
+        wait, a backlog being read). Whatever is still busy at the deadline is left to end with
+        the process: every thread is a daemon and nothing is written that could be left torn.
+        """
+        parts = [("http", self.server.stop)] + [(c.name, c.stop) for c in self.collectors]
+        threads = [threading.Thread(target=_stop_part, args=part, name=f"stop-{part[0]}", daemon=True)
+                   for part in parts]
+        deadline = time.monotonic() + STOP_SECONDS
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = [thread.name[len("stop-"):] for thread in threads if thread.is_alive()]
+        if late:
+            log.info("not waiting any longer for: %s", ", ".join(late))
+
+
+def _stop_part(name: str, stop) -> None:
+    try:
+        stop()
+    except Exception:  # noqa: BLE001 - shutting down regardless
+        log.exception("error stopping %s", name)
 
 
 def serve(config: Config, on_started=None) -> int:

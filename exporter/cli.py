@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -143,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(config.log_level)
         from .app import serve
 
-        return serve(config)
+        code = serve(config)
+        # serve() stopped what could be stopped in time; threads still inside NVML or a read
+        # are daemons. Interpreter finalization beside running daemon threads can stall, or
+        # abort if one holds stderr's lock, so the process ends here, its output flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     except ConfigError as error:
         print(f"training-exporter: error: {error}", file=sys.stderr)
         return USAGE_EXIT

@@ -163,7 +163,9 @@ class MetricsServer:
         return self.httpd.server_address[1]
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        # The poll interval bounds how long stop() waits for the serving loop to notice.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -1,14 +1,17 @@
 """A real exporter process under what production does to it: logs rotated while written fast,
-SIGKILL and restart mid-run."""
+SIGKILL and restart mid-run, SIGTERM while busy."""
 
 from __future__ import annotations
 
 import math
+import socket
+import threading
 import time
 
+import requests
 
 from conftest import ExporterProcess, value, wait_for
-from procs import HW_OFF, start_writer, writer_summary
+from procs import HW_OFF, fake_nvml_env, gpu, start_writer, write_scenario, writer_summary
 
 
 def counts(metrics: dict, source: str) -> tuple:
@@ -111,3 +114,51 @@ def test_sigkill_and_restart_serve_what_an_uninterrupted_exporter_serves(tmp_pat
     assert expected[("training_nonfinite_values_total", src | {("key", "validation_loss")})] == 1
     assert expected[("training_loss_spikes_total", src)] > 0
     assert expected[("training_nonfinite_values_total", frozenset({("source", "console.log"), ("key", "grad_norm")}))] > 0
+
+
+# --------------------------------------------------------------------------------- shutdown
+
+def test_sigterm_exits_cleanly_within_a_second(tmp_path):
+    scenario = tmp_path / "nvml.json"
+    write_scenario(scenario, [gpu(i) for i in range(8)])
+    log = tmp_path / "train.jsonl"
+    log.touch()
+    for attempt in range(4):
+        exporter = ExporterProcess(["--log", str(log), "--gpu.poll-interval", "0.2"], env=fake_nvml_env(scenario))
+        try:
+            exporter.wait_ready()
+            assert value(exporter.metrics(), "training_exporter_collector_success", collector="gpu") == 1
+            writer_summary(start_writer(log, "--rate", "1000", "--seconds", "0.5"))
+            # Then the log is quiet, as between a job's log lines: the follower is waiting.
+            # An idle connection and a request left half-sent must not hold the exit up, nor
+            # scrapes in flight.
+            idle = socket.create_connection(("127.0.0.1", exporter.port))
+            half = socket.create_connection(("127.0.0.1", exporter.port))
+            half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            stop = threading.Event()
+
+            def scrape() -> None:
+                while not stop.is_set():
+                    try:
+                        requests.get(exporter.url + "/metrics", timeout=2)
+                    except requests.RequestException:
+                        pass
+
+            scrapers = [threading.Thread(target=scrape, daemon=True) for _ in range(2)]
+            for thread in scrapers:
+                thread.start()
+            time.sleep(0.3 + attempt * 0.25)  # a different point in the poll cycles each time
+            started = time.monotonic()
+            exporter.proc.terminate()
+            exporter.proc.wait(timeout=10)
+            took = time.monotonic() - started
+            stop.set()
+            for thread in scrapers:
+                thread.join()
+            idle.close()
+            half.close()
+        finally:
+            output = exporter.stop()
+        assert exporter.proc.returncode == 0, output
+        assert "Traceback" not in output, output
+        assert took < 1.0, f"took {took:.2f} s to stop"

@@ -164,6 +164,7 @@ class LogFollower:
 
     def stop(self) -> None:
         self._stop.set()
+        self._waker.interrupt()
         if self._thread is not None:
             self._thread.join(timeout=2)
         for reader in self.readers.values():

@@ -20,12 +20,14 @@ _IN_MASK = 0x002 | 0x004 | 0x008 | 0x040 | 0x080 | 0x100 | 0x200 | 0x400 | 0x800
 
 
 class Waker:
-    """``wait(timeout)`` returns early when something in a watched directory changes."""
+    """``wait(timeout)`` returns early when something in a watched directory changes, or when
+    ``interrupt()`` is called (so that stopping never waits out a timeout)."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
         self._watched: dict[str, int] = {}
         self._libc = None
+        self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -49,20 +51,26 @@ class Waker:
             self._watched[directory] = wd
 
     def wait(self, timeout: float) -> None:
-        if self._fd is None:
-            select.select([], [], [], timeout)
-            return
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if ready:
+        watched = [fd for fd in (self._fd, self._interrupt_read) if fd is not None and fd >= 0]
+        ready, _, _ = select.select(watched, [], [], timeout)  # with nothing to watch, a sleep
+        for fd in ready:
             try:
-                while os.read(self._fd, 65536):
+                while os.read(fd, 65536):
                     pass  # drain: what changed does not matter, only that something did
-            except BlockingIOError:
+            except OSError:  # BlockingIOError once drained
                 pass
-            except OSError:
-                pass
+
+    def interrupt(self) -> None:
+        try:
+            os.write(self._interrupt_write, b"x")
+        except OSError:  # the pipe is full: a wake-up is pending anyway
+            pass
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        for fd in (self._interrupt_read, self._interrupt_write):
+            if fd >= 0:
+                os.close(fd)
+        self._interrupt_read = self._interrupt_write = -1
