@@ -46,6 +46,7 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 # A client that connects and then says nothing must not hold a thread for ever.
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
+REQUEST_TIMEOUT_SECONDS = 10.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -150,7 +151,7 @@ class MetricsServer:
                  security: WebSecurity | None = None) -> None:
         host, port = parse_listen_address(address)
         handler = type("Handler", (_Handler,), {"registry": registry, "is_ready": staticmethod(is_ready),
-                                                "security": security})
+                                                "security": security, "timeout": REQUEST_TIMEOUT_SECONDS})
         attributes = {"tls": security.tls if security else None,
                       "allowed_sans": security.allowed_sans if security else ()}
         if ":" in host:

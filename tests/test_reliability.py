@@ -9,8 +9,10 @@ import threading
 import time
 
 import requests
+from prometheus_client import CollectorRegistry
 
 from conftest import ExporterProcess, value, wait_for
+from exporter import server
 from procs import HW_OFF, fake_nvml_env, gpu, start_writer, write_scenario, writer_summary
 
 
@@ -114,6 +116,26 @@ def test_sigkill_and_restart_serve_what_an_uninterrupted_exporter_serves(tmp_pat
     assert expected[("training_nonfinite_values_total", src | {("key", "validation_loss")})] == 1
     assert expected[("training_loss_spikes_total", src)] > 0
     assert expected[("training_nonfinite_values_total", frozenset({("source", "console.log"), ("key", "grad_norm")}))] > 0
+
+
+# ------------------------------------------------------------------------------ connections
+
+def test_a_silent_client_does_not_hold_a_connection_for_ever(monkeypatch):
+    monkeypatch.setattr(server, "REQUEST_TIMEOUT_SECONDS", 0.3)
+    metrics = server.MetricsServer("127.0.0.1:0", CollectorRegistry(), lambda: True)
+    metrics.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", metrics.port), timeout=5)
+        half = socket.create_connection(("127.0.0.1", metrics.port), timeout=5)
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        started = time.monotonic()
+        assert silent.recv(1) == b"" and half.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 3
+        assert requests.get(f"http://127.0.0.1:{metrics.port}/-/healthy", timeout=5).status_code == 200
+    finally:
+        silent.close()
+        half.close()
+        metrics.stop()
 
 
 # --------------------------------------------------------------------------------- shutdown
