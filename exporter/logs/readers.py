@@ -194,11 +194,12 @@ class DocumentReader(Reader):
     hparams.yaml. Re-read when it changes; of trainer_state.json's cumulative log_history only
     the entries not yet seen are applied."""
 
-    def __init__(self, path: str, source: str, state: SourceState, fmt: str) -> None:
+    def __init__(self, path: str, source: str, state: SourceState, fmt: str, already_applied: int = 0) -> None:
         super().__init__(path, source, state)
         self.format_name = fmt
         self._signature: tuple[int, int] | None = None
-        self._applied = 0  # log_history entries already applied
+        # log_history entries already applied (from an older checkpoint's copy, when continuing).
+        self.applied = already_applied
         self._caught_up = False
 
     @property
@@ -243,13 +244,13 @@ class DocumentReader(Reader):
 
     def _apply_trainer_state(self, data: bytes) -> None:
         records, meta = parse_trainer_state(data)
-        if len(records) < self._applied:
+        if len(records) < self.applied:
             # A shorter history is a new run writing into the same place.
             self.stats.resets["rewritten"] += 1
             self.state.mark_rewritten()
-            self._applied = 0
-        fresh = records[self._applied:]
-        self._applied = len(records)
+            self.applied = 0
+        fresh = records[self.applied:]
+        self.applied = len(records)
         self.stats.lines += len(fresh)
         self.apply([Record(meta=meta), *fresh] if meta else fresh)
 

@@ -108,9 +108,8 @@ class LogFollower:
                     if previous is not None:
                         # A newer checkpoint's copy continues the same history.
                         readers.pop(previous.path).close()
-                        reader = DocumentReader(path, source, state, "trainer_state")
-                        reader._applied = previous._applied
-                        readers[path] = reader
+                        readers[path] = DocumentReader(path, source, state, "trainer_state",
+                                                       already_applied=previous.applied)
                         continue
                 readers[path] = make_reader(path, source, state, spec, self.max_line_bytes)
                 log.info("following %r as source %r", path, source)
