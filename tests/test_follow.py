@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from exporter.logs.follow import Data, EndOfFile, FileFollower, Reset
 from exporter.logs.lines import LineSplitter
@@ -172,3 +173,47 @@ def test_rename_rotation_under_repeated_appends_counts_every_line(tmp_path):
         os.rename(path, tmp_path / f"train.log.{rotation}")
     tail.poll()
     assert tail.lines == expected(0, written)
+
+
+def test_copy_truncate_finishes_the_lines_not_yet_read_from_the_copy(tmp_path):
+    path = tmp_path / "train.log"
+    write(path, numbered(0, 10))
+    tail = Tail(path)
+    tail.poll()
+    write(path, numbered(10, 20))  # written before the copy, not read yet
+    shutil.copyfile(path, tmp_path / "train.log.1")
+    os.truncate(path, 0)
+    write(path, numbered(20, 25))
+    tail.poll()
+    assert tail.lines == expected(0, 25)
+    assert tail.resets == ["truncated"]
+
+
+def test_copy_truncate_refilled_past_the_offset_finishes_from_the_copy_too(tmp_path):
+    path = tmp_path / "train.log"
+    write(path, numbered(0, 10))
+    tail = Tail(path)
+    tail.poll()
+    write(path, numbered(10, 20))
+    shutil.copyfile(path, tmp_path / "train.log-20240501")
+    (tmp_path / "train.log.2").write_text(numbered(0, 5) + "something else\n" * 40)  # an older, other file
+    os.truncate(path, 0)
+    write(path, numbered(20, 60))  # the writer refills it past our offset before the next poll
+    tail.poll()
+    assert tail.lines == expected(0, 60)
+    assert tail.resets == ["rewritten"]
+
+
+def test_truncation_without_a_copy_reads_no_stranger(tmp_path):
+    path = tmp_path / "train.log"
+    write(path, numbered(0, 200))
+    tail = Tail(path)
+    tail.poll()
+    write(path, numbered(200, 210))
+    # Same head, but not the bytes before our offset: another file, not our copy.
+    (tmp_path / "train.log.bak").write_text(numbered(0, 100) + "changed\n" + numbered(101, 300))
+    (tmp_path / "train.log.1.gz").write_bytes(path.read_bytes())  # compressed copies are not read
+    os.truncate(path, 0)
+    write(path, numbered(300, 302))
+    tail.poll()
+    assert tail.lines == expected(0, 200) + expected(300, 302)

@@ -4,6 +4,12 @@ A poll returns what happened since the last poll, in order: data, the end of a f
 rotated away, and resets (the file was truncated or rewritten from the top). It survives a file
 that does not exist yet, rotation by rename, copy-truncate, truncation in place, a file
 rewritten whole, deletion, and a symlink switched to a new target.
+
+Copy-truncate (logrotate's ``copytruncate``) copies the log, then truncates it. What was written
+after our last read but before the copy is only in the copy, so when the file turns out to have
+been truncated, the rest is read from the copy: a sibling whose head and whose bytes up to our
+offset are exactly what was read (``train.log.1``, ``train.log-20240501``). Only lines written
+between the copy and the truncation are lost; they are in neither file.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 
 FINGERPRINT_BYTES = 512  # how much of the file's head identifies its content
 READ_CHUNK = 1 << 20
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class FileFollower:
         self._identity: tuple[int, int] | None = None
         self._offset = 0
         self._fingerprint = b""
+        self._last_read = b""  # the bytes just before the offset: they identify a copy
         self._last_stat: tuple[int, int] | None = None  # (size, mtime_ns) at the last poll
         self.mtime: float | None = None  # the file's mtime when data was last read
         self.exists = False
@@ -79,9 +87,13 @@ class FileFollower:
         if signature != self._last_stat:
             self._last_stat = signature
             if stat.st_size < self._offset:
+                self._finish_from_copy(out)
                 out.append(Reset("truncated"))
                 self._restart()
             elif self._fingerprint and not self._head_matches():
+                # Also copy-truncate, when the writer refilled the file past our offset before
+                # this poll; or a file rewritten whole, whose old content has no copy.
+                self._finish_from_copy(out)
                 out.append(Reset("rewritten"))
                 self._restart()
         self._read_available(out, limit=self.max_bytes_per_poll)
@@ -101,6 +113,39 @@ class FileFollower:
     def _restart(self) -> None:
         self._offset = 0
         self._fingerprint = b""
+        self._last_read = b""
+
+    def _finish_from_copy(self, out: list) -> None:
+        """Read what was written after our offset from the copy that copy-truncate made."""
+        if not self._fingerprint:
+            return
+        directory, name = os.path.split(os.path.abspath(self.path))
+        try:
+            siblings = [entry for entry in os.scandir(directory)
+                        if entry.name != name and entry.name.startswith(name)
+                        and not entry.name.lower().endswith(COMPRESSED) and entry.is_file()]
+        except OSError:
+            return
+        siblings.sort(key=_mtime_ns, reverse=True)  # the newest copy first
+        for entry in siblings:
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                continue
+            try:
+                before = self._offset - len(self._last_read)
+                if os.fstat(fd).st_size < self._offset \
+                        or os.pread(fd, len(self._fingerprint), 0) != self._fingerprint \
+                        or os.pread(fd, len(self._last_read), before) != self._last_read:
+                    continue
+                own_fd, self._fd = self._fd, fd
+                try:
+                    self._read_available(out, limit=None)
+                finally:
+                    self._fd = own_fd
+                return
+            finally:
+                os.close(fd)
 
     def _head_matches(self) -> bool:
         head = os.pread(self._fd, len(self._fingerprint), 0)
@@ -116,8 +161,16 @@ class FileFollower:
                 return
             if len(self._fingerprint) < FINGERPRINT_BYTES and self._offset < FINGERPRINT_BYTES:
                 self._fingerprint = (self._fingerprint + chunk)[:FINGERPRINT_BYTES]
+            self._last_read = (self._last_read + chunk[-FINGERPRINT_BYTES:])[-FINGERPRINT_BYTES:]
             self._offset += len(chunk)
             read += len(chunk)
             out.append(Data(chunk))
         self.at_end = False  # more is waiting: the next poll continues
         self.mtime = os.fstat(self._fd).st_mtime
+
+
+def _mtime_ns(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_mtime_ns
+    except OSError:
+        return 0
