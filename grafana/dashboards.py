@@ -366,7 +366,8 @@ def ranks() -> dict:
               "none", query(f"max by (job) ({m('training_step')})\n- on (job) group_right ()\n{m('training_step')}",
                             rank)),
         graph("Step rate relative to the run's median", "Each rank's step rate over the median of the run's "
-              "ranks: a straggler sits below 1.", "percentunit",
+              "ranks. Where ranks progress independently a slow one sits below 1; in lockstep (synchronous) "
+              "training all sit at 1 and a slow node shows in SM activity and power below.", "percentunit",
               query(f"{m('training_steps_per_second')}\n/ on (job) group_left ()\n"
                     f"quantile by (job) (0.5, {m('training_steps_per_second')})", rank)),
         graph("Steps per second", "Step rate of each rank.", "none", query(m("training_steps_per_second"), rank)),
@@ -374,12 +375,17 @@ def ranks() -> dict:
                 query(m("training_steps_per_second"), rank, instant=True)),
     )
     board.row("GPUs by rank").add(
-        graph("GPU utilisation by rank", "Mean utilisation of each rank's GPUs.", "percentunit",
+        graph("GPU utilisation by rank", "Mean utilisation of each rank's GPUs. A kernel waiting in a "
+              "collective counts as running, so this stays high on ranks that wait: compare SM activity and "
+              "power.", "percentunit",
               query(f"avg by (job, instance) ({h('training_gpu_utilization_ratio')})", "{{instance}}"), width=8),
-        graph("SM activity by rank (GPM)", "Mean SM activity of each rank's GPUs (Hopper and later).",
+        graph("SM activity by rank (GPM)", "Mean SM activity of each rank's GPUs (Hopper and later). In "
+              "synchronous training the other ranks wait for a straggler with few SMs busy: the straggler is "
+              "the rank whose SM activity stays high.",
               "percentunit", query(f"avg by (job, instance) ({h('training_gpu_sm_active_ratio')})", "{{instance}}"),
               width=8),
-        graph("GPU power by rank", "Power drawn by each rank's GPUs together.", "watt",
+        graph("GPU power by rank", "Power drawn by each rank's GPUs together; ranks waiting in "
+              "collectives draw less than the one they wait for.", "watt",
               query(f"sum by (job, instance) ({h('training_gpu_power_draw_watts')})", "{{instance}}"), width=8),
     )
     board.row("Health by rank").add(
