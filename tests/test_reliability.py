@@ -118,6 +118,19 @@ def test_sigkill_and_restart_serve_what_an_uninterrupted_exporter_serves(tmp_pat
     assert expected[("training_nonfinite_values_total", frozenset({("source", "console.log"), ("key", "grad_norm")}))] > 0
 
 
+def test_ready_only_once_the_whole_backlog_is_applied(tmp_path, exporter_process):
+    log = tmp_path / "train.jsonl"
+    lines = 60_000  # a few seconds of parsing, read from the file in one go
+    with open(log, "w") as handle:
+        for step in range(1, lines + 1):
+            handle.write(f'{{"step": {step}, "loss": {1 / step}, "lr": 0.0001}}\n')
+    exporter = exporter_process("--log", str(log), *HW_OFF, ready=False)
+    wait_for(lambda: requests.get(exporter.url + "/-/ready", timeout=5).status_code == 200, 60, "never ready")
+    metrics = exporter.metrics()
+    assert value(metrics, "training_log_lines_total", source="train.jsonl") == lines
+    assert value(metrics, "training_step", source="train.jsonl") == lines
+
+
 # ------------------------------------------------------------------------------ connections
 
 def test_a_silent_client_does_not_hold_a_connection_for_ever(monkeypatch):

@@ -59,12 +59,12 @@ class Reader:
         self.state = state
         self.stats = ReaderStats()
         self.follower = FileFollower(path)
+        # Everything there was has been read *and applied*. Set only at the end of a poll: the
+        # follower is at the end of the file as soon as it has read a backlog, long before the
+        # backlog is parsed, and /-/ready must not call a half-rebuilt state ready.
+        self.caught_up = False
 
     format_name = "unknown"  # each reader kind names the format it reads
-
-    @property
-    def caught_up(self) -> bool:
-        return self.follower.at_end
 
     @property
     def exists(self) -> bool:
@@ -85,6 +85,7 @@ class Reader:
                 self.on_reset()
         if self.follower.mtime is not None:
             self.stats.last_update = self.follower.mtime
+        self.caught_up = self.follower.at_end
 
     def observed_at(self) -> float:
         """When what was just read was written, at the latest: the file's mtime, capped by now."""
@@ -200,26 +201,24 @@ class DocumentReader(Reader):
         self._signature: tuple[int, int] | None = None
         # log_history entries already applied (from an older checkpoint's copy, when continuing).
         self.applied = already_applied
-        self._caught_up = False
-
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up
 
     def poll(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.caught_up = True  # a document is read whole in one poll, and applied
+
+    def _read(self) -> None:
         try:
             stat = os.stat(self.path)
         except OSError:
             self.follower.exists = False
-            self._caught_up = True
             return
         self.follower.exists = True
         signature = (stat.st_size, stat.st_mtime_ns)
         if signature == self._signature:
-            self._caught_up = True
             return
         self._signature = signature
-        self._caught_up = True
         if stat.st_size > MAX_DOCUMENT_BYTES:
             self._error(f"file of {stat.st_size} bytes is over the {MAX_DOCUMENT_BYTES} byte limit")
             return

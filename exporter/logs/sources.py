@@ -143,7 +143,7 @@ class LogFollower:
                 reader.poll()
             except Exception:  # noqa: BLE001 - one bad file must not stop the others
                 log.exception("error reading %r; it will be tried again", reader.path)
-                reader.follower.at_end = True  # wait for the next change rather than spin
+                reader.caught_up = True  # wait for the next change rather than spin
 
     def read_to_end(self, max_passes: int = 10_000) -> None:
         """Read everything there is now (for offline inspection)."""
