@@ -37,6 +37,9 @@ _SPLIT_PREFIXES = {
 
 _FOLD = re.compile(r"[^a-z0-9]+")
 MAX_KEY_LENGTH = 64
+# The name cache is bounded in entries and, through this, in bytes: a hostile log inventing
+# 10 KB keys would otherwise park 10,000 of them in memory for good.
+MAX_CACHED_KEY_LENGTH = 256
 
 
 def normalise(key: str) -> str:
@@ -66,7 +69,7 @@ class Vocabulary:
         if known is not None:
             return known
         result = self._lookup(normalise(raw_key), kind)
-        if len(self._cache) < 10_000:  # bounded: hostile logs can invent keys forever
+        if len(self._cache) < 10_000 and len(raw_key) <= MAX_CACHED_KEY_LENGTH:
             self._cache[cache_key] = result
         return result
 
