@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +18,6 @@ from conftest import FIXTURES, value, wait_for
 from exporter.logs.formats import LINE_FORMATS
 from exporter.logs.readers import LogSpec
 from exporter.logs.sources import LogFollower
-from exporter.registry import build_registry
 from exporter.training.collector import TrainingCollector
 from exporter.training.signals import SignalSettings
 from exporter.training.vocabulary import Vocabulary
