@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 import yaml
-from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess
+from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, wait_for
 from stack import prometheus_server  # noqa: F401  fixture
 
 GIB = 1024**3
@@ -245,12 +245,12 @@ def documented_queries() -> list[str]:
     blocks (comments dropped), and the expr of its example alert."""
     text = (ROOT / "docs" / "deployment.md").read_text()
     queries = []
-    for block in re.findall(r"```promql\n(.*?)```", text, re.S):
+    for block in re.findall(r"```promql\n(.*?)```", text, re.DOTALL):
         for chunk in block.split("\n\n"):
             query = "\n".join(line for line in chunk.splitlines() if not line.startswith("#")).strip()
             if query:
                 queries.append(query)
-    for block in re.findall(r"```yaml\n(- alert:.*?)```", text, re.S):
+    for block in re.findall(r"```yaml\n(- alert:.*?)```", text, re.DOTALL):
         queries.extend(rule["expr"] for rule in yaml.safe_load(block))
     return queries
 
@@ -320,12 +320,13 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
             return {ports.index(series["metric"]["instance"].rpartition(":")[2]): float(series["value"][1])
                     for series in result}
 
-        relative = per_rank("Step rate relative to the run's median")
-        assert relative[1] < 1 < relative[0], relative
-        behind = per_rank("Steps behind the leader")
-        assert behind[0] == 0 and behind[1] > 0, behind
-        utilisation = per_rank("GPU utilisation by rank")
-        assert utilisation == {0: 0.9, 1: 0.45}
+        # (Waited for: a panel has data as soon as one rank has, the comparison needs both.)
+        def straggler_shows() -> bool:
+            relative, behind = per_rank("Step rate relative to the run's median"), per_rank("Steps behind the leader")
+            return relative[1] < 1 < relative[0] and behind[0] == 0 and behind[1] > 0
+
+        wait_for(straggler_shows, 20, "rank 1 (half speed) should be under the median step rate and behind rank 0")
+        assert per_rank("GPU utilisation by rank") == {0: 0.9, 1: 0.45}
 
         # The multi-node queries docs/deployment.md gives parse; those this run meets have data
         # (rank 1 runs at half speed; there is a NaN), the others (a busy straggler's SMs, a stall)
@@ -339,8 +340,10 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
         # The alerts panel shows the alerts of the project's rules that the log set off.
         run = dashboards["training-run.json"]
         [alerts_panel] = [panel for panel in panels(run) if panel["type"] == "table"]
-        firing = data_of(prometheus, substitute(alerts_panel["targets"][0]["expr"], resolve_variables(prometheus, run)))
-        assert {"TrainingNonFiniteValue", "TrainingOutOfMemory"} <= {a["metric"]["alertname"] for a in firing}
+        alerts = substitute(alerts_panel["targets"][0]["expr"], resolve_variables(prometheus, run))
+        wait_for(lambda: {"TrainingNonFiniteValue", "TrainingOutOfMemory"}
+                 <= {alert["metric"]["alertname"] for alert in data_of(prometheus, alerts)}, 20,
+                 f"the NaN and OOM alerts should fire: {data_of(prometheus, alerts)}")
     finally:
         stop.set()
         for trainer in trainers:
