@@ -43,7 +43,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/training_exporter-*.whl \
     && python -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    && useradd --system --uid 10001 --user-group --no-create-home --no-log-init --shell /usr/sbin/nologin exporter \
+    && groupadd --system --gid 10001 exporter \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin exporter \
     && mkdir /logs && chown exporter:exporter /logs
 
 # A numeric user, so Kubernetes can check runAsNonRoot without knowing the name.
