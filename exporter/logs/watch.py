@@ -25,7 +25,7 @@ class Waker:
 
     def __init__(self) -> None:
         self._fd: int | None = None
-        self._watched: dict[str, int] = {}
+        self._watched: dict[str, tuple[int, int]] = {}  # directory -> its (device, inode) when watched
         self._libc = None
         self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -43,12 +43,22 @@ class Waker:
         return self._fd is not None
 
     def watch(self, directory: str) -> None:
-        """Watch a directory (idempotent); one that does not exist yet is retried by the caller."""
-        if self._fd is None or directory in self._watched:
+        """Watch a directory (idempotent); one that does not exist yet is retried by the caller.
+
+        A watch dies with its directory: one removed and created again under the same name is
+        a new directory, and is watched afresh.
+        """
+        if self._fd is None:
             return
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK)
-        if wd >= 0:
-            self._watched[directory] = wd
+        try:
+            stat = os.stat(directory)
+        except OSError:
+            return
+        identity = (stat.st_dev, stat.st_ino)
+        if self._watched.get(directory) == identity:
+            return
+        if self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK) >= 0:
+            self._watched[directory] = identity
 
     def wait(self, timeout: float) -> None:
         watched = [fd for fd in (self._fd, self._interrupt_read) if fd is not None and fd >= 0]
