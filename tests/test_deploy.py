@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -110,6 +111,25 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else(final_stage)
             copied.update(item["value"].split()[:-1])
     assert copied == kept == {"pyproject.toml", "README.md", "exporter"}
     assert all((ROOT / path).exists() for path in kept)
+
+
+def test_build_context_makes_the_wheel_the_image_installs(tmp_path):
+    """The build stage's `pip wheel .`, from the files .dockerignore lets into the context."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for path in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / path, context / path)
+    shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    result = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),
+                 str(context))
+    assert result.returncode == 0, result.stderr
+    assert "/wheels/training_exporter-*.whl" in (ROOT / "Dockerfile").read_text()
+    [wheel] = (tmp_path / "wheels").glob("training_exporter-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(next(name for name in names if name.endswith("entry_points.txt"))).decode()
+    assert "training-exporter = exporter.cli:main" in entry_points
+    assert "exporter/demo.py" in names  # the Compose stack's simulated job
 
 
 def test_healthcheck_command_tells_a_running_exporter_from_a_stopped_one(final_stage, tmp_path):
