@@ -155,7 +155,7 @@ GROUPS: dict[str, list[dict]] = {
     ],
     "training-exporter.health": [
         dict(alert="TrainingExporterDown", severity="critical", for_="<<target_down_for>>",
-             expr="up{<<exporter_selector>>} == 0",
+             expr="up == 0\nand on(job, instance) max_over_time(training_exporter_build_info[<<exporter_memory>>]) == 1",
              summary="Prometheus cannot scrape the training exporter.",
              description="The training exporter at {{ $labels.instance }} has been down for <<target_down_for>>."),
         dict(alert="TrainingExporterCollectorFailing", severity="warning", for_="<<collector_failing_for>>",

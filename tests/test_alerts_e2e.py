@@ -30,7 +30,6 @@ FAST = {
     "gpu_idle_window": "5s", "gpu_idle_for": "3s", "stall_for": "3s", "log_stale_seconds": 60,
     "log_stale_for": "3s", "target_down_for": "3s", "collector_failing_for": "5s", "log_missing_for": "5s",
     "parse_errors_window": "1m", "thermal_throttle_for": "3s", "power_throttle_for": "3s", "gpu_lost_for": "3s",
-    "exporter_selector": 'job="training-exporter"',
 }
 
 

@@ -259,8 +259,6 @@ def test_compose_prometheus_config_and_rules_check(compose, tmp_path):
     config["rule_files"] = rules
     [job] = config["scrape_configs"]
     assert job["static_configs"][0]["targets"] == [f"exporter:{PORT}"]
-    thresholds = yaml.safe_load((ROOT / "alert_rules" / "thresholds.yaml").read_text())
-    assert thresholds["exporter_selector"] == f'job="{job["job_name"]}"', "TrainingExporterDown must see this job"
     checked = tmp_path / "prometheus.yml"
     checked.write_text(yaml.safe_dump(config))
     result = run("promtool", "check", "config", str(checked))
