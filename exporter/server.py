@@ -17,9 +17,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from . import __version__
+from .exposition import render
 from .webconfig import WebSecurity, client_sans
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         try:
-            body = generate_latest(self.registry)
+            body = render(self.registry)
         except Exception:  # noqa: BLE001 - report, never drop the connection
             log.exception("error while generating metrics")
             self._send(500, b"error generating metrics\n", "text/plain; charset=utf-8")

@@ -1,0 +1,95 @@
+"""The exporter's own text exposition writes exactly what prometheus_client's generate_latest
+writes, for everything the exporter serves and for what it could be handed."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from exporter.app import make_collectors, make_follower
+from exporter.config import Config, LogConfig
+from exporter.exposition import _Fixed, _render, render
+from exporter.hardware.gpu import GpuCollector
+from exporter.registry import build_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_nvml import pynvml as fake_pynvml  # noqa: E402
+from procs import gpu  # noqa: E402
+
+
+def same_as_prometheus_client(metrics: list) -> bytes:
+    ours = _render(metrics)
+    assert ours == generate_latest(_Fixed(metrics))
+    return ours
+
+
+def test_everything_the_exporter_serves(tmp_path):
+    log = tmp_path / "train.jsonl"
+    log.write_text(json.dumps({"step": 5, "loss": float("nan"), "lr": 1e-4, "big": 1.5e7, "neg": -3e22,
+                               'quo"te\\': 1, "acc": 0.5}) + "\n" + json.dumps({"step": 5, "eval_loss": 2.5}) + "\n")
+    hostile = tmp_path / 'a"b\\c\nd.log'
+    hostile.write_text("{'loss': 2.0, 'epoch': 0.1}\n")
+    config = Config(logs=[LogConfig(path=str(log)), LogConfig(path=str(hostile))])
+    follower = make_follower(config)
+    follower.read_to_end()
+    collectors = make_collectors(config, follower)
+    fake = fake_pynvml.load({"driver_version": "550.54.15", "cuda_version": 12040, "gpus": [gpu(0), gpu(1)]})
+    collectors = [GpuCollector(nvml=fake) if c.name == "gpu" else c for c in collectors]
+    gpu_collector = next(c for c in collectors if c.name == "gpu")
+    assert gpu_collector._init()
+    try:
+        text = same_as_prometheus_client(list(build_registry(collectors).collect())).decode()
+    finally:
+        gpu_collector.stop()
+        follower.stop()
+    assert 'training_gpu_up{gpu="1"' in text and "training_host_" in text and "process_cpu_seconds_total" in text
+    assert 'source="a\\"b\\\\c\\nd.log"' in text
+
+
+def family(name: str, value, labels: dict | None = None, kind=GaugeMetricFamily):
+    metric = kind(name, "help with \\ and\nnewline", labels=list(labels or {}))
+    metric.add_metric(list((labels or {}).values()), value)
+    return metric
+
+
+def test_special_values_and_label_values():
+    metrics = [family("a", v) for v in (0, -0.0, 5, 1e6, 999_999.5, 1e6 - 1e-9, 1.5e7, 1e22, -1e22, 1e-7,
+                                          math.inf, -math.inf, math.nan, 2**70, True)]
+    metrics += [family("b", 1.0, {"key": v}) for v in ('"', "\\", "\n", "}", "ü鍵", "", "a\\\"b\n")]
+    metrics.append(family("c", 3, {"z": "1", "a": "2", "m": "3"}, CounterMetricFamily))
+    info = InfoMetricFamily("d", "info", labels=["source"])
+    info.add_metric(["x"], {"value": 'say "hi"'})
+    metrics.append(info)
+    same_as_prometheus_client(metrics)
+
+
+def test_what_it_cannot_write_itself_goes_to_prometheus_client():
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Odd:
+        def collect(self):
+            yield family("needs.escaping", 1.0)
+            timestamped = GaugeMetricFamily("t", "t")
+            timestamped.add_metric([], 1.0, timestamp=1700000000.5)
+            yield timestamped
+            yield family("ok", 2.0, {"__reserved": "x"})
+
+    registry.register(Odd())
+    assert render(registry) == generate_latest(registry)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2**80, 2**80),
+                          st.text(max_size=20)), min_size=1, max_size=10))
+def test_any_value_and_label_value(pairs):
+    metric = GaugeMetricFamily("g", "g", labels=["key"])
+    for number, text in pairs:
+        metric.add_metric([text], number)
+    same_as_prometheus_client([metric])
