@@ -123,6 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: with more scrapers connecting at once, Linux drops
+    # their SYNs and they retry after 1 s, 3 s, 7 s. The kernel caps this at net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
     tls: ssl.SSLContext | None = None
     allowed_sans: tuple[str, ...] = ()
 
