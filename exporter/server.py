@@ -50,9 +50,59 @@ HANDSHAKE_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 
 
+class Scrapes:
+    """One collection serves every scrape that arrives while it runs.
+
+    Several scrapers at once (a Prometheus HA pair, a scrape storm) cost one collection, not one
+    each: a scrape that arrives while a collection runs waits for it and is answered with its
+    result, which began at most one collection's time (milliseconds) before the scrape came.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._done = threading.Condition()
+        self._running = False
+        self._generation = 0
+        self._result: _Result | None = None
+
+    def get(self) -> _Result | None:
+        """The text exposition, or None when collecting failed (already logged)."""
+        with self._done:
+            if self._running:
+                generation = self._generation
+                while self._generation == generation:
+                    self._done.wait()
+                return self._result
+            self._running = True
+        result = None
+        try:
+            result = _Result(render(self.registry))
+        except Exception:  # noqa: BLE001 - report, never drop the connection
+            log.exception("error while generating metrics")
+        finally:
+            with self._done:
+                self._result, self._running = result, False
+                self._generation += 1
+                self._done.notify_all()
+        return result
+
+
+class _Result:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._gzipped: bytes | None = None
+        self._lock = threading.Lock()
+
+    def gzipped(self) -> bytes:
+        with self._lock:  # compressed once for all the scrapes that share this result
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.body, compresslevel=1)
+            return self._gzipped
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"training-exporter/{__version__}"
-    registry: CollectorRegistry
+    scrapes: Scrapes
     is_ready: Callable[[], bool]
     security: WebSecurity | None = None
 
@@ -90,17 +140,13 @@ class _Handler(BaseHTTPRequestHandler):
         return bool(colon) and passwords.check(user, password)
 
     def _metrics(self) -> None:
-        try:
-            body = render(self.registry)
-        except Exception:  # noqa: BLE001 - report, never drop the connection
-            log.exception("error while generating metrics")
+        result = self.scrapes.get()
+        if result is None:
             self._send(500, b"error generating metrics\n", "text/plain; charset=utf-8")
-            return
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        self._send(200, body, CONTENT_TYPE_LATEST, headers)
+        elif "gzip" in self.headers.get("Accept-Encoding", ""):
+            self._send(200, result.gzipped(), CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip"})
+        else:
+            self._send(200, result.body, CONTENT_TYPE_LATEST)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -154,7 +200,7 @@ class MetricsServer:
     def __init__(self, address: str, registry: CollectorRegistry, is_ready: Callable[[], bool],
                  security: WebSecurity | None = None) -> None:
         host, port = parse_listen_address(address)
-        handler = type("Handler", (_Handler,), {"registry": registry, "is_ready": staticmethod(is_ready),
+        handler = type("Handler", (_Handler,), {"scrapes": Scrapes(registry), "is_ready": staticmethod(is_ready),
                                                 "security": security, "timeout": REQUEST_TIMEOUT_SECONDS})
         attributes = {"tls": security.tls if security else None,
                       "allowed_sans": security.allowed_sans if security else ()}
