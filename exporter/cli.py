@@ -8,6 +8,7 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -76,13 +77,10 @@ def _serve_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _apply_common(config: Config, args: argparse.Namespace) -> Config:
-    signals = config.signals
     overrides = {k: getattr(args, k) for k in ("patience", "min_delta", "mode", "monitor")
                  if getattr(args, k, None) is not None}
     if overrides:
-        import dataclasses
-
-        config.signals = dataclasses.replace(signals, **overrides)
+        config.signals = dataclasses.replace(config.signals, **overrides)
     return config
 
 
