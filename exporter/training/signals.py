@@ -20,7 +20,6 @@ DEDICATED = ("loss", "validation_loss", "learning_rate", "grad_norm", "epoch",
              "tokens_per_second", "samples_per_second", "loss_scale")
 
 _DEDICATED_SET = frozenset(DEDICATED)
-_INFINITIES = (math.inf, -math.inf)
 MAX_META_STRING = 64
 RATE_WINDOW_SECONDS = 300.0
 
@@ -102,6 +101,7 @@ class SourceState:
         self._dropped_keys_total = 0
         self._meta_numbers: dict[str, float] = {}
         self._meta_strings: dict[str, str] = {}
+        self._meta_names: dict[str, str] = {}  # raw meta key -> its normalised name
         # A file rewritten whole (Lightning's CSVLogger does this) is read again from the top:
         # records up to this step were already counted and must not be counted twice.
         self._replay_through: int | None = None
@@ -123,46 +123,61 @@ class SourceState:
         with self._lock:
             self._apply(record, record.wall_time if record.wall_time is not None else observed_at)
 
+    def apply_all(self, records: list[Record], observed_at: float) -> None:
+        """``apply`` each record in order, taking the lock once for them all."""
+        with self._lock:
+            apply = self._apply
+            for record in records:
+                apply(record, record.wall_time if record.wall_time is not None else observed_at)
+
     def _apply(self, record: Record, when: float) -> None:
-        replay = (self._replay_through is not None and record.step is not None
-                  and record.step <= self._replay_through)
-        if self._replay_through is not None and not replay and record.step is not None:
-            self._replay_through = None  # past the old end: counting resumes
+        # The hot path of reading a log: written for speed (locals, identity tests, the enums'
+        # _value_ attribute rather than the .value descriptor), every branch as documented.
+        step = record.step
+        replay = False
+        if self._replay_through is not None and step is not None:
+            if step <= self._replay_through:
+                replay = True
+            else:
+                self._replay_through = None  # past the old end: counting resumes
 
         if record.event is not None:
             if not replay:
-                self._events[record.event.value] += 1
+                self._events[record.event._value_] += 1
             return
         self._last_record_time = when
-        if not replay and (record.values or record.kind is Kind.SUMMARY):
-            self._records[record.kind.value] += 1
-        for key, value in record.meta.items():
-            self._set_meta(key, value)
+        kind, values_in = record.kind, record.values
+        if not replay and (values_in or kind is Kind.SUMMARY):
+            self._records[kind._value_] += 1
+        if record.meta:
+            for key, value in record.meta.items():
+                self._set_meta(key, value)
         if record.progress is not None:
             self._apply_progress_bar(record.progress, when)
 
-        if record.kind is Kind.SUMMARY:
+        if kind is Kind.SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss.
-            for key, value in record.values.items():
+            for key, value in values_in.items():
                 self._set_extra("summary_" + normalise(key), value)
             return
 
-        if record.step is not None:
+        if step is not None:
             self._seen_explicit_step = True
-            self._advance(record.step, when)
-        elif record.kind is Kind.TRAIN and record.values and not self._seen_explicit_step \
-                and self._progress is None:
+            self._advance(step, when)
+        elif kind is Kind.TRAIN and values_in and not self._seen_explicit_step and self._progress is None:
             # A dialect without steps and without a progress bar: each train line is progress.
             self._last_progress_time = when
+        if not values_in:
+            return
 
-        name_of, kind, monitor = self.vocabulary.name, record.kind, self.settings.monitor
+        known, vocabulary, monitor = self.vocabulary.names(kind), self.vocabulary, self.settings.monitor
         values, extra, counts = self._values, self._extra, self._key_counts if self._keep_history else None
         saw_loss = saw_monitor = False
-        for key, value in record.values.items():
-            name = name_of(key, kind)
-            if value != value or value in _INFINITIES:  # not finite, without a function call
+        for key, value in values_in.items():
+            name = known.get(key) or vocabulary.name(key, kind)
+            if value - value:  # NaN or an infinity: for any finite x, x - x is 0.0
                 if not replay:
-                    self._count_nonfinite(name, record.step if record.step is not None else self._step)
+                    self._count_nonfinite(name, step if step is not None else self._step)
             if name in _DEDICATED_SET:
                 values[name] = value
             elif name in extra:
@@ -171,8 +186,10 @@ class SourceState:
                 self._set_extra(name, value)
             if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
                 counts[name] = counts.get(name, 0) + 1
-            saw_loss = saw_loss or name == "loss"
-            saw_monitor = saw_monitor or name == monitor
+            if name == "loss":
+                saw_loss = True
+            if name == monitor:
+                saw_monitor = True
         if replay:
             return
         if saw_loss and kind is Kind.TRAIN:
@@ -180,7 +197,7 @@ class SourceState:
         if saw_monitor and kind is Kind.EVAL:
             value = values[monitor] if monitor in values else extra.get(monitor)
             if value is not None:
-                self._judge_evaluation(value, record.step if record.step is not None else self._step)
+                self._judge_evaluation(value, step if step is not None else self._step)
 
     def _advance(self, step: int, when: float) -> None:
         if self._step is None or step > self._step:
@@ -221,7 +238,11 @@ class SourceState:
         self._extra[name] = value
 
     def _set_meta(self, key: str, value: float | str) -> None:
-        name = normalise(key)
+        name = self._meta_names.get(key)
+        if name is None:
+            name = normalise(key)
+            if len(self._meta_names) < 1000 and len(key) <= 256:  # Megatron repeats max_steps every line
+                self._meta_names[key] = name
         if name == "max_steps" and isinstance(value, (int, float)) and value > 0:
             self._max_steps = float(value)
         if isinstance(value, bool):
@@ -239,11 +260,12 @@ class SourceState:
         target[name] = value
 
     def _judge_spike(self, loss: float) -> None:
-        if not math.isfinite(loss):
+        if loss - loss:  # NaN or an infinity
             return
         window, ordered = self._recent_losses, self._recent_sorted
         if len(window) >= self.settings.spike_min_points:
-            baseline = _median(ordered)
+            middle = len(ordered) // 2  # the median, inline: this runs for every training line
+            baseline = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
             if baseline > 0 and loss >= self.settings.spike_factor * baseline:
                 self._spikes_total += 1
         if len(window) == window.maxlen:

@@ -60,17 +60,25 @@ class Vocabulary:
             for alias in aliases:
                 self._canonical[normalise(alias)] = name
         self.canonical_names = frozenset(DEFAULT_ALIASES) | frozenset(extra_aliases or {})
-        self._cache: dict[tuple[str, Kind], str] = {}
+        # Raw key -> name, one dict per kind: callers look a key up in the dict of their record's
+        # kind without a function call, and call name() only for keys not seen yet.
+        self._caches: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}
+        self._cached = 0
+
+    def names(self, kind: Kind) -> dict[str, str]:
+        """The names already worked out for records of this kind (read-only for callers)."""
+        return self._caches[kind]
 
     def name(self, raw_key: str, kind: Kind) -> str:
         """The name a value is exported under: canonical where known, else the folded key."""
-        cache_key = (raw_key, kind)
-        known = self._cache.get(cache_key)
+        cache = self._caches[kind]
+        known = cache.get(raw_key)
         if known is not None:
             return known
         result = self._lookup(normalise(raw_key), kind)
-        if len(self._cache) < 10_000 and len(raw_key) <= MAX_CACHED_KEY_LENGTH:
-            self._cache[cache_key] = result
+        if self._cached < 10_000 and len(raw_key) <= MAX_CACHED_KEY_LENGTH:
+            cache[raw_key] = result
+            self._cached += 1
         return result
 
     def _lookup(self, key: str, kind: Kind) -> str:
