@@ -48,6 +48,12 @@ class ParseError(ValueError):
 
 def to_float(text: str) -> float:
     """Parse a number as frameworks print it: nan, inf, -inf, NaN, Infinity, 1.0E+00, '2.5'."""
+    try:
+        # Most values are plain numbers, which float() takes as they are; it also takes every
+        # spelling of nan and inf that the rules below accept, with the same result.
+        return float(text)
+    except ValueError:
+        pass
     cleaned = text.strip().strip("'\"").strip()
     lowered = cleaned.lower()
     if lowered in ("nan", "+nan", "-nan"):

@@ -57,17 +57,16 @@ class HuggingFaceConsole:
             if _mentions_marker(line, start):
                 raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
             return []
-        if not any(_is_marker(key) for key, _ in items):
-            return []
+        for key, _ in items:
+            if key in _MARKER_KEYS or key.startswith(_MARKER_PREFIXES):
+                break
+        else:
+            return []  # no key the Trainer writes: some other dict
         # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
         after = parse_progress_bar(line[end:])
         if after is not None:
             progress = after
         return [_record(items, progress)]
-
-
-def _is_marker(key: str) -> bool:
-    return key in _MARKER_KEYS or key.startswith(_MARKER_PREFIXES)
 
 
 def _mentions_marker(line: str, start: int) -> bool:
@@ -79,28 +78,32 @@ def _mentions_marker(line: str, start: int) -> bool:
 
 def _dict_start(line: str) -> int:
     """Where a dict with a quoted first key begins, or -1."""
-    found = [index for index in (line.find("{'"), line.find('{"')) if index >= 0]
-    return min(found) if found else -1
+    single, double = line.find("{'"), line.find('{"')
+    if single < 0 or double < 0:
+        return max(single, double)
+    return min(single, double)
 
 
 def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -> Record:
-    keys = {key for key, _ in items}
-    if "train_runtime" in keys:
-        kind = Kind.SUMMARY
-    elif any(key.startswith(_MARKER_PREFIXES) for key in keys):
-        kind = Kind.EVAL
-    else:
-        kind = Kind.TRAIN
+    summary = evaluation = False
     values: dict[str, float] = {}
     step: int | None = None
     for key, raw in items:
-        value = _number(raw)
+        if key == "train_runtime":
+            summary = True
+        elif key.startswith(_MARKER_PREFIXES):
+            evaluation = True
+        try:  # _number's common case, inline: this runs for every value of every line
+            value = float(raw[1:-1] if raw[:1] in ("'", '"') else raw)
+        except ValueError:
+            value = _number(raw)
         if value is None:
             continue  # strings, None, lists: not metrics
         if key == "step" and value.is_integer():
             step = int(value)  # the Trainer's console dict has none; a custom callback may add it
             continue
         values[key] = value
+    kind = Kind.SUMMARY if summary else Kind.EVAL if evaluation else Kind.TRAIN
     return Record(values=values, kind=kind, step=step, progress=progress)
 
 
@@ -111,6 +114,10 @@ def _number(raw: object) -> float | None:
     text = raw
     if text[:1] in ("'", '"'):
         text = text[1:-1]  # transformers 5 quotes every float: '2.564', 'nan'
+    try:
+        return float(text)  # the common case; nothing float() takes is wrapped or a bool
+    except ValueError:
+        pass
     wrapped = _WRAPPED.match(text)
     if wrapped:
         text = wrapped.group(1) or wrapped.group(2)
@@ -130,7 +137,34 @@ _SPACE = " \t"
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 
 
+# One item of a dict as the Trainer prints it: a quoted key without escapes, then a quoted value
+# without escapes, or a bare value without quotes or brackets. Each part can begin in one way
+# only, so matching is linear, whatever a hostile line holds.
+_ITEM = (r"""[ \t]*('[^'\\]*'|"[^"\\]*")[ \t]*:[ \t]*"""
+         r"""('[^'\\]*'[ \t]*|"[^"\\]*"[ \t]*|[^'"()\[\]{},\s][^'"()\[\]{},]*)""")
+_SIMPLE_DICT = re.compile(r"\{(?:" + _ITEM + r",)*" + _ITEM + r"\}")
+_ITEMS = re.compile(_ITEM + r"[,}]")
+_EMPTY_DICT = re.compile(r"[ \t]*}")
+
+
 def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
+    """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
+
+    A dict of simple items is read by two regular expressions; anything else (nested values,
+    escapes, something unreadable) by ``_read_dict_carefully``, which gives the same answer for
+    simple dicts at several times the cost.
+    """
+    empty = _EMPTY_DICT.match(text, start + 1)
+    if empty:
+        return [], empty.end()
+    whole = _SIMPLE_DICT.match(text, start)
+    if whole is None:
+        return _read_dict_carefully(text, start)
+    end = whole.end()
+    return [(key[1:-1], raw.strip()) for key, raw in _ITEMS.findall(text, start + 1, end)], end
+
+
+def _read_dict_carefully(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
     """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
 
     A raw value is its source text: a quoted string keeps its quotes, so numbers printed as
@@ -178,16 +212,14 @@ def _end_of_string(text: str, i: int) -> int:
     """Index just past the quoted string starting at ``text[i]``."""
     quote = text[i]
     j = i + 1
-    n = len(text)
-    while j < n:
-        char = text[j]
-        if char == "\\":
-            j += 2
-            continue
-        if char == quote:
-            return j + 1
-        j += 1
-    raise _Unreadable
+    while True:
+        close = text.find(quote, j)
+        if close < 0:
+            raise _Unreadable
+        escape = text.find("\\", j, close)
+        if escape < 0:
+            return close + 1
+        j = escape + 2  # the escaped character, a quote or not, does not end the string
 
 
 def _end_of_value(text: str, i: int) -> int:

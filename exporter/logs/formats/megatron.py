@@ -86,9 +86,12 @@ def _fields(text: str) -> dict[str, float]:
         name = name.strip()
         if not colon or not name:
             continue
-        value = _number(raw.strip())
-        if value is not None:
-            values[name] = value
+        try:
+            values[name] = float(raw)  # the common case, inline; float() ignores the spaces
+        except ValueError:
+            value = _number(raw.strip())
+            if value is not None:
+                values[name] = value
     return values
 
 

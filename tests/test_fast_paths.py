@@ -1,0 +1,236 @@
+"""The reading path's fast paths against the plain code they short-cut: the same answers, the
+same errors, for real lines and for anything Hypothesis makes up."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FIXTURES
+from exporter.logs.formats import base, events, hf_console, jsonl, megatron
+from exporter.logs.formats.base import ParseError
+from exporter.logs.lines import LineSplitter
+
+PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REAL = [line for path in sorted((FIXTURES / "console").iterdir()) + [FIXTURES / "real" / "hf_console.log"]
+        for line in re.split(r"[\r\n]", path.read_text(encoding="utf-8")) if line.strip()]
+
+
+def same(a, b) -> bool:
+    """Equal, NaN included, through lists, tuples and dicts."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def outcome(fn, *args, errors=(ParseError,)):
+    try:
+        return "ok", fn(*args)
+    except errors as error:
+        return "error", type(error).__name__
+
+
+def assert_same_outcome(fast, slow, *args, errors=(ParseError,)):
+    got, expected = outcome(fast, *args, errors=errors), outcome(slow, *args, errors=errors)
+    assert got[0] == expected[0] and same(got[1], expected[1]), (args, got, expected)
+
+
+# ------------------------------------------------------------------------------- numbers
+
+def to_float_reference(text: str) -> float:
+    cleaned = text.strip().strip("'\"").strip()
+    lowered = cleaned.lower()
+    if lowered in ("nan", "+nan", "-nan"):
+        return float("nan")
+    if lowered in ("inf", "+inf", "infinity", "+infinity"):
+        return float("inf")
+    if lowered in ("-inf", "-infinity"):
+        return float("-inf")
+    try:
+        return float(cleaned)
+    except ValueError:
+        raise ParseError(f"not a number: {text[:40]!r}") from None
+
+
+numberish = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats().map(lambda x: f"{x:E}"),
+    st.sampled_from(["nan", "NaN", "-nan", "+nan", "inf", "-inf", "+inf", "Infinity", "-Infinity", "INF",
+                     "1_000", "1e999", "'2.5'", '"nan"', " 3 ", "\t4\n", "0x10", "١٢", "1.0E+00", "", " ", "None"]),
+    st.text(max_size=12),
+)
+
+
+@PROPERTY
+@given(numberish)
+def test_to_float(text):
+    assert_same_outcome(base.to_float, to_float_reference, text)
+
+
+@PROPERTY
+@given(st.one_of(numberish, numberish.map(lambda t: f"'{t}'"), st.sampled_from(
+    ["np.float64(0.85)", "tensor(1.2, device='cuda:0')", "True", "'None'", "[1, 2]", "'", '"', "''"])))
+def test_hugging_face_values(raw):
+    # _record reads a value inline; _number is the reference.
+    record = hf_console._record([("loss", raw)], None)
+    assert same(record.values.get("loss"), hf_console._number(raw)), raw
+
+
+@PROPERTY
+@given(st.text(max_size=60))
+def test_megatron_fields(text):
+    def reference(text: str) -> dict:
+        values = {}
+        for field in text.split("|"):
+            name, colon, raw = field.partition(":")
+            name = name.strip()
+            if colon and name:
+                value = megatron._number(raw.strip())
+                if value is not None:
+                    values[name] = value
+        return values
+
+    for candidate in (text, " lm loss: " + text + " | grad norm: 1.5 |", "a:" + text.replace("|", "")):
+        assert same(megatron._fields(candidate), reference(candidate)), candidate
+
+
+# -------------------------------------------------------------------- Hugging Face dicts
+
+DICT_TOKENS = ["{", "}", "'", '"', ":", ",", " ", "\t", "\\", "'loss'", "'eval_loss'", '"epoch"', "1.5", "'2.5'",
+               "nan", "[1, 2]", "(", ")", "np.float64(1)", "{'a': 1}", "\x0c", "'x,y'", "'a\\'b'", "True"]
+dict_text = st.lists(st.one_of(st.sampled_from(DICT_TOKENS), st.text(max_size=3)), max_size=30).map("".join)
+
+
+spaces = st.sampled_from(["", " ", "  ", "\t", " \t ", "\x0c"])
+dict_key = st.sampled_from(["'loss'", '"epoch"', "'eval_loss'", "'a,b'", "'x\\'y'", "'}'", "''"])
+dict_value = st.sampled_from(["1.5", "'2.5'", '"nan"', "nan", "[1, 2]", "'a,b'", "np.float64(3)", "x y", "", "'q' r",
+                              "'}'", "{'n': 1}", "-1e-05", "'a\\'b'", ")"])
+
+
+@st.composite
+def built_dict(draw) -> str:
+    """Dicts the way they are printed, and a little beside: every spacing, odd keys and values."""
+    items = draw(st.lists(st.tuples(spaces, dict_key, spaces, spaces, dict_value, spaces), max_size=5))
+    body = ",".join(f"{a}{k}{b}:{c}{v}{d}" for a, k, b, c, v, d in items)
+    return "{" + body + draw(st.sampled_from(["}", " }", "", ",}", "} tail"]))
+
+
+@PROPERTY
+@given(st.one_of(dict_text.map(lambda t: "{" + t), built_dict(), st.sampled_from(REAL)))
+def test_hugging_face_dicts(text):
+    start = hf_console._dict_start(text)
+    if start < 0:
+        start, text = 0, "{" + text
+    assert_same_outcome(hf_console._read_flat_dict, hf_console._read_dict_carefully, text, start,
+                        errors=(hf_console._Unreadable,))
+
+
+# ------------------------------------------------------------------ events and progress
+
+def scan_events_reference(line: str):
+    if len(line) > events.MAX_LINE:
+        return None
+    if line.strip() == "Killed" or events._OOM.search(line):
+        return "oom"
+    if events._OVERFLOW.search(line):
+        return "loss_scale_overflow"
+    return None
+
+
+def progress_reference(line: str):
+    found = None
+    for match in events._BAR.finditer(line):
+        if match.group(2) != "?":
+            found = match
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
+
+
+EVENT_TOKENS = ["Killed", " Killed ", "OutOfMemoryError: CUDA", "CUDA out of memory", "RuntimeError: ", "memory",
+                "Error: CUBLAS_STATUS_ALLOC_FAILED", "DefaultCPUAllocator: can't allocate memory",
+                "[deepspeed] OVERFLOW!", "Gradient overflow.  Skipping step", "gradient overflow detected, ignoring gradient",
+                "| 450/1000 [", "| 5/? [", "|", "/", " ", "[", "\r"]
+
+
+@PROPERTY
+@given(st.one_of(st.lists(st.one_of(st.sampled_from(EVENT_TOKENS), st.text(max_size=4)), max_size=12).map("".join),
+                 st.sampled_from(REAL)))
+def test_events_and_progress_bars(line):
+    found = events.scan_events(line)
+    assert (found.event.value if found else None) == scan_events_reference(line), line
+    assert events.parse_progress_bar(line) == progress_reference(line), line
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+def json_parse_reference(line: str):
+    """JsonLines.parse before its fast paths."""
+    text = line.strip().lstrip("\ufeff")
+    if not text.startswith("{"):
+        return []
+    if len(text) > jsonl.MAX_LINE_CHARS:
+        raise ParseError("too long")
+    obj = jsonl.loads(text)
+    if not isinstance(obj, dict):
+        raise ParseError("not an object")
+    values = jsonl.flatten(obj)
+    step = None
+    for key in jsonl.STEP_KEYS:
+        raw = obj.get(key)
+        if raw is None and key in values:
+            raw = values[key]
+        if raw is None:
+            continue
+        if step is None:
+            step = raw if type(raw) is int and abs(raw) < jsonl._INT64 else jsonl.as_step(raw)
+            if step is None:
+                raise ParseError("unusable step")
+        values.pop(key, None)
+    metrics = [k for k in values if k not in jsonl.NEUTRAL_KEYS and not k.startswith("_")]
+    if not metrics:
+        return []
+    split = jsonl._split_says_eval(obj)
+    if split is None:
+        split = all(jsonl.is_eval_key(k) for k in metrics)
+    kind = "eval" if split else "summary" if "train_runtime" in values else "train"
+    return [(values, kind, step)]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                           max_leaves=10)
+json_keys = st.one_of(st.sampled_from(["step", "global_step", "_step", "iter", "eval_loss", "val/acc", "loss", "epoch",
+                                       "split", "mode", "train_runtime", "_x", "trainer/global_step", "Eval_Loss"]),
+                      st.text(max_size=6))
+
+
+@PROPERTY
+@given(st.one_of(st.dictionaries(json_keys, json_values, max_size=6).map(json.dumps),
+                 st.dictionaries(json_keys, json_values, max_size=4).map(lambda d: json.dumps(d) + " x"),
+                 st.text(max_size=30).map(lambda t: "{" + t)))
+def test_json_lines(line):
+    def fast(line):
+        return [(r.values, r.kind.value, r.step) for r in jsonl.JsonLines().parse(line)]
+
+    assert_same_outcome(fast, json_parse_reference, line)
+
+
+# ------------------------------------------------------------------------------- lines
+
+@PROPERTY
+@given(st.lists(st.one_of(st.binary(max_size=30), st.sampled_from(
+    [b"\n", b"\r", b"\x00", b"\x1b[A", b"\x1b[", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b" \t", b"x" * 40])),
+    max_size=30))
+def test_lines_decoded_whole_chunk_or_line_by_line(pieces):
+    data = b"".join(pieces)
+    parts = re.split(rb"[\r\n]", data)
+    splitter = LineSplitter(max_line_bytes=1 << 20)
+    expected = [line for line in map(splitter._decode, parts) if line is not None]
+    assert LineSplitter._decode_all(parts) == expected
