@@ -20,6 +20,7 @@ DEDICATED = ("loss", "validation_loss", "learning_rate", "grad_norm", "epoch",
              "tokens_per_second", "samples_per_second", "loss_scale")
 
 _DEDICATED_SET = frozenset(DEDICATED)
+_TRAIN, _EVAL, _SUMMARY = Kind.TRAIN, Kind.EVAL, Kind.SUMMARY  # module globals: a cheaper lookup
 MAX_META_STRING = 64
 RATE_WINDOW_SECONDS = 300.0
 
@@ -147,7 +148,7 @@ class SourceState:
             return
         self._last_record_time = when
         kind, values_in = record.kind, record.values
-        if not replay and (values_in or kind is Kind.SUMMARY):
+        if not replay and (values_in or kind is _SUMMARY):
             self._records[kind._value_] += 1
         if record.meta:
             for key, value in record.meta.items():
@@ -155,7 +156,7 @@ class SourceState:
         if record.progress is not None:
             self._apply_progress_bar(record.progress, when)
 
-        if kind is Kind.SUMMARY:
+        if kind is _SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss.
             for key, value in values_in.items():
                 self._set_extra("summary_" + normalise(key), value)
@@ -163,8 +164,15 @@ class SourceState:
 
         if step is not None:
             self._seen_explicit_step = True
-            self._advance(step, when)
-        elif kind is Kind.TRAIN and values_in and not self._seen_explicit_step and self._progress is None:
+            if self._step is None or step > self._step:  # _advance, inline
+                self._last_progress_time = when
+                self._advances.append((when, step))
+                self._step = step
+                if self._highest_step is None or step > self._highest_step:
+                    self._highest_step = step
+            else:
+                self._advance(step, when)
+        elif kind is _TRAIN and values_in and not self._seen_explicit_step and self._progress is None:
             # A dialect without steps and without a progress bar: each train line is progress.
             self._last_progress_time = when
         if not values_in:
@@ -192,9 +200,9 @@ class SourceState:
                 saw_monitor = True
         if replay:
             return
-        if saw_loss and kind is Kind.TRAIN:
+        if saw_loss and kind is _TRAIN:
             self._judge_spike(values["loss"])
-        if saw_monitor and kind is Kind.EVAL:
+        if saw_monitor and kind is _EVAL:
             value = values[monitor] if monitor in values else extra.get(monitor)
             if value is not None:
                 self._judge_evaluation(value, step if step is not None else self._step)

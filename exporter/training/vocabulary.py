@@ -63,10 +63,13 @@ class Vocabulary:
         # Raw key -> name, one dict per kind: callers look a key up in the dict of their record's
         # kind without a function call, and call name() only for keys not seen yet.
         self._caches: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}
+        self._train_names = self._caches[Kind.TRAIN]
         self._cached = 0
 
     def names(self, kind: Kind) -> dict[str, str]:
         """The names already worked out for records of this kind (read-only for callers)."""
+        if kind is Kind.TRAIN:  # identity first: hashing an Enum member runs Python code
+            return self._train_names
         return self._caches[kind]
 
     def name(self, raw_key: str, kind: Kind) -> str:
