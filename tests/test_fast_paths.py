@@ -14,6 +14,7 @@ from conftest import FIXTURES
 from exporter.logs.formats import base, events, hf_console, jsonl, megatron
 from exporter.logs.formats.base import ParseError
 from exporter.logs.lines import LineSplitter
+from exporter.training import vocabulary
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REAL = [line for path in sorted((FIXTURES / "console").iterdir()) + [FIXTURES / "real" / "hf_console.log"]
@@ -234,3 +235,13 @@ def test_lines_decoded_whole_chunk_or_line_by_line(pieces):
     splitter = LineSplitter(max_line_bytes=1 << 20)
     expected = [line for line in map(splitter._decode, parts) if line is not None]
     assert LineSplitter._decode_all(parts) == expected
+
+
+# ------------------------------------------------------------------------------ key names
+
+@PROPERTY
+@given(st.one_of(st.text(alphabet="ab_0Z -/é", max_size=80), st.text(max_size=20),
+                 st.sampled_from(["loss", "eval_loss", "_x", "x_", "a__b", "a" * 64, "a" * 65, "A", "9", ""])))
+def test_key_names(key):
+    reference = vocabulary._FOLD.sub("_", key.lower()).strip("_")[:vocabulary.MAX_KEY_LENGTH] or "_"
+    assert vocabulary.normalise(key) == reference

@@ -34,8 +34,11 @@ _SPLIT_PREFIXES = {
     Kind.EVAL: ("eval_", "eval/", "val_", "val/", "valid_", "validation_", "validation/"),
     Kind.TRAIN: ("train_", "train/", "training/"),
 }
+_TRAIN_PREFIXES = _SPLIT_PREFIXES[Kind.TRAIN]
 
 _FOLD = re.compile(r"[^a-z0-9]+")
+# What normalise returns unchanged: lower-case letters and digits, single "_" between them.
+_ALREADY_NORMAL = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
 MAX_KEY_LENGTH = 64
 # The name cache is bounded in entries and, through this, in bytes: a hostile log inventing
 # 10 KB keys would otherwise park 10,000 of them in memory for good.
@@ -44,6 +47,8 @@ MAX_CACHED_KEY_LENGTH = 256
 
 def normalise(key: str) -> str:
     """Fold a raw key into a safe, comparable name: ``Val Loss/step`` -> ``val_loss_step``."""
+    if len(key) <= MAX_KEY_LENGTH and _ALREADY_NORMAL.fullmatch(key):
+        return key  # most keys are written this way already: no folding to do
     folded = _FOLD.sub("_", key.lower()).strip("_")
     return folded[:MAX_KEY_LENGTH] or "_"
 
@@ -95,7 +100,9 @@ class Vocabulary:
         found = self._canonical.get(key)
         if found is not None:
             return found
-        for prefix in _SPLIT_PREFIXES[Kind.TRAIN]:
+        if not key.startswith(_TRAIN_PREFIXES):  # one test in C for the usual key
+            return key
+        for prefix in _TRAIN_PREFIXES:
             if key.startswith(prefix):
                 stripped = self._canonical.get(key[len(prefix):])
                 if stripped is not None and stripped != "validation_loss":
