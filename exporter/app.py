@@ -126,6 +126,9 @@ def serve(config: Config, on_started=None) -> int:
     log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host or "0.0.0.0", port, len(config.logs))
     if on_started is not None:
         on_started(exporter)
-    stopping.wait()
+    # Wait in short slices: Linux may deliver SIGTERM to any thread, and then CPython runs the
+    # handler only once the main thread wakes up; an untimed wait could sleep through it.
+    while not stopping.wait(0.1):
+        pass
     exporter.stop()
     return 0
