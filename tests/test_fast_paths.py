@@ -16,7 +16,7 @@ from exporter.logs.formats.base import ParseError
 from exporter.logs.lines import LineSplitter
 from exporter.training import vocabulary
 
-PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REAL = [line for path in sorted((FIXTURES / "console").iterdir()) + [FIXTURES / "real" / "hf_console.log"]
         for line in re.split(r"[\r\n]", path.read_text(encoding="utf-8")) if line.strip()]
 
