@@ -125,6 +125,13 @@ def built_dict(draw) -> str:
 
 
 @PROPERTY
+@given(st.one_of(dict_text, st.sampled_from(REAL)))
+def test_hugging_face_dict_start(text):
+    found = [i for i in (text.find("{'"), text.find('{"')) if i >= 0]
+    assert hf_console._dict_start(text) == (min(found) if found else -1)
+
+
+@PROPERTY
 @given(st.one_of(dict_text.map(lambda t: "{" + t), built_dict(), st.sampled_from(REAL)))
 def test_hugging_face_dicts(text):
     start = hf_console._dict_start(text)
@@ -225,10 +232,26 @@ def test_json_lines(line):
 
 # ------------------------------------------------------------------------------- lines
 
+line_pieces = st.lists(st.one_of(st.binary(max_size=30), st.sampled_from(
+    [b"\n", b"\r", b"\r\n", b"\x00", b"\x1b[A", b"\x1b[", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b" \t", b"x" * 40])),
+    max_size=30)
+
+
 @PROPERTY
-@given(st.lists(st.one_of(st.binary(max_size=30), st.sampled_from(
-    [b"\n", b"\r", b"\x00", b"\x1b[A", b"\x1b[", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b" \t", b"x" * 40])),
-    max_size=30))
+@given(line_pieces)
+def test_lines_fed_in_pieces_are_the_lines_of_the_whole(pieces):
+    data = b"".join(pieces)
+    reference = LineSplitter(max_line_bytes=1 << 20)
+    expected = [line for line in map(reference._decode, re.split(rb"[\r\n]", data)[:-1]) if line is not None]
+    splitter = LineSplitter(max_line_bytes=1 << 20)
+    got = [line for piece in pieces for line in splitter.feed(piece)]
+    assert got == expected
+    last = reference._decode(re.split(rb"[\r\n]", data)[-1])
+    assert splitter.flush() == ([last] if last else [])
+
+
+@PROPERTY
+@given(line_pieces)
 def test_lines_decoded_whole_chunk_or_line_by_line(pieces):
     data = b"".join(pieces)
     parts = re.split(rb"[\r\n]", data)

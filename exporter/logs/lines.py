@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-_SEPARATORS = re.compile(rb"[\r\n]")
 # Terminal control sequences (tqdm moves the cursor up with ESC[A between nested bars): they are
 # screen drawing, not log content, and would hide a line's start from the parsers.
 _ANSI_CSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -30,7 +29,8 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[str]:
         if not data:
             return []
-        parts = _SEPARATORS.split(data) if b"\r" in data else data.split(b"\n")
+        # Each \r or \n ends a line (bytes methods split faster than a regular expression).
+        parts = (data.replace(b"\r", b"\n") if b"\r" in data else data).split(b"\n")
         first = parts[0]
         if self._skipping:
             if len(parts) > 1:

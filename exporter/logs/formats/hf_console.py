@@ -78,10 +78,12 @@ def _mentions_marker(line: str, start: int) -> bool:
 
 def _dict_start(line: str) -> int:
     """Where a dict with a quoted first key begins, or -1."""
-    single, double = line.find("{'"), line.find('{"')
-    if single < 0 or double < 0:
-        return max(single, double)
-    return min(single, double)
+    brace = line.find("{")  # one scan of the line when it has no brace, as most have not
+    while brace >= 0:
+        if line[brace + 1:brace + 2] in ("'", '"'):
+            return brace
+        brace = line.find("{", brace + 1)
+    return -1
 
 
 def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -> Record:
