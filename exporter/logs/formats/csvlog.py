@@ -7,6 +7,8 @@ new parser instance; a header line met mid-stream is still adopted, as a second 
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import math
 
@@ -38,7 +40,7 @@ def _looks_numeric(cell: str) -> bool:
     return True
 
 
-class _CsvBase:
+class _CsvBase(abc.ABC):
     name = ""
     # A header must name this column; it is how a header met mid-file is recognised.
     anchor = ""
@@ -64,8 +66,9 @@ class _CsvBase:
         names = [c.strip() for c in cells]
         return self.anchor in names and not any(_looks_numeric(c) for c in names if c)
 
+    @abc.abstractmethod
     def _records(self, row: dict[str, str]) -> list[Record]:
-        raise NotImplementedError
+        """The records one data row holds, in the dialect's own layout."""
 
 
 def _step_from(cell: str, column: str) -> int:
