@@ -86,19 +86,23 @@ class Config:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def load_file(path: str) -> Config:
+def read_yaml(path: str, what: str = "config"):
+    """A YAML file's content ({} when empty); unreadable or invalid YAML is a one-line ConfigError."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    if data is None:
-        data = {}
+    return {} if data is None else data
+
+
+def load_file(path: str) -> Config:
+    data = read_yaml(path)
     config = build(Config, data, path, "")
     validate(config, path)
     return config

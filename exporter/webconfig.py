@@ -21,9 +21,8 @@ import os
 import ssl
 from dataclasses import dataclass, field
 
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 from .passwords import BCRYPT_HASH, BcryptUnavailable, PasswordChecker, backend
 
 TLS_VERSIONS = {
@@ -62,16 +61,7 @@ class WebSecurity:
 
 
 def load_web_config(path: str) -> WebSecurity:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read web config: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', None) or 'invalid YAML'}") from None
-    data = {} if data is None else data
+    data = read_yaml(path, "web config")
     _mapping(path, "top level", data, _TOP_KEYS)
     security = WebSecurity(path=path)
     base = os.path.dirname(os.path.abspath(path))
