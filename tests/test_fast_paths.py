@@ -7,7 +7,7 @@ import json
 import math
 import re
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
@@ -141,6 +141,42 @@ def test_hugging_face_dicts(text):
                         errors=(hf_console._Unreadable,))
 
 
+shape_key = st.sampled_from(["loss", "eval_loss", "epoch", "step", "grad_norm", "train_runtime", "a b", "a'b", "a\\b",
+                             'q"k', "x.y"])
+plain_numbers = st.sampled_from(["1.0", "2.5", "3", "nan", "-inf", "1e-05", " 4", "Infinity", "x", "1_0"])
+odd_value = st.sampled_from(["np.float64(3)", "True", "None", "[1, 2]", "'a,b'", "x y", "'it''s'", "'nan'", "2.0"])
+
+
+@st.composite
+def lines_of_one_shape(draw) -> list[str]:
+    """Dict lines with the same keys in the same order, each value quoted the same way on every
+    line (as a run prints them), the values varying; now and then an odd value."""
+    keys = draw(st.lists(shape_key, min_size=1, max_size=3))
+    styles = [draw(st.sampled_from(["", "'", '"'])) for _ in keys]
+    quote = draw(st.sampled_from(["'", '"']))
+    lines = []
+    for _ in range(draw(st.integers(1, 6))):
+        values = [f"{style}{draw(plain_numbers)}{style}" if draw(st.integers(0, 5)) else draw(odd_value)
+                  for style in styles]
+        items = ", ".join(f"{quote}{key}{quote}: {value}" for key, value in zip(keys, values))
+        lines.append("{" + items + draw(st.sampled_from(["}", "}", "}", "} ", "}x", " }"])))
+    return lines
+
+
+@PROPERTY
+@given(st.lists(st.one_of(lines_of_one_shape(), st.sampled_from(REAL).map(lambda line: [line])), max_size=4))
+@example([["{'step': 2.5, 'loss': 1.0}", "{'step': 3, 'loss': 2.0}", "{'step': 'x', 'loss': 2}"]])
+@example([["{'eval_loss': '1.5'}", "{'eval_loss': 'True'}", "{'eval_loss': ' 2.0'}", "{'eval_loss': 'x'}"]])
+def test_hugging_face_dict_shapes(groups):
+    # A parser that has learned the shapes of the lines before reads each line as a fresh one does.
+    def read(parser, line):
+        return [(r.values, r.kind, r.step, r.progress) for r in parser.parse(line)]
+
+    learned = hf_console.HuggingFaceConsole()
+    for line in [line for group in groups for line in group] * 2:
+        assert_same_outcome(lambda text: read(learned, text), lambda text: read(hf_console.HuggingFaceConsole(), text), line)
+
+
 # ------------------------------------------------------------------ events and progress
 
 def scan_events_reference(line: str):
@@ -268,3 +304,45 @@ def test_lines_decoded_whole_chunk_or_line_by_line(pieces):
 def test_key_names(key):
     reference = vocabulary._FOLD.sub("_", key.lower()).strip("_")[:vocabulary.MAX_KEY_LENGTH] or "_"
     assert vocabulary.normalise(key) == reference
+
+
+# ------------------------------------------------------------------ reading whole chunks
+
+CONSOLE_LINES = ["  5%|▌   | 50/1000 [00:10<03:00,  5.0it/s]", " 30%|███ | 3/10 [00:01<00:02,  3.1it/s]",
+                 "{'loss': 2.5, 'grad_norm': nan, 'learning_rate': 1e-05, 'epoch': 0.1}",
+                 "{'loss': '1.9', 'epoch': '0.2'}", "{'eval_loss': 2.1, 'epoch': 0.2}", "{'step': 7, 'loss': 2.0}",
+                 "{'train_runtime': 10.0, 'train_loss': 2.2, 'epoch': 1.0}", " 51/1000 [00:10<03:00] {'loss': 2.4}",
+                 "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+                 "Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale to 32768.0",
+                 "{'loss': 2.3}  6%|▌   | 60/1000 [00:12<03:00,  5.0it/s]", "Killed", "some other line", "{'lo"]
+
+
+@PROPERTY
+@given(st.lists(st.one_of(st.sampled_from(CONSOLE_LINES), st.sampled_from(REAL)), max_size=40),
+       st.sampled_from(["huggingface", "auto"]))
+def test_a_chunk_of_lines_does_what_its_records_do_one_by_one(lines, fmt):
+    # The reader holds a progress bar's record back and merges it into the next line's record;
+    # the state must end up as if every record had been applied on its own, in order.
+    from exporter.logs.detect import line_format_for
+    from exporter.logs.readers import LineReader, LogSpec
+    from exporter.training.signals import SignalSettings, SourceState
+
+    def new_state():
+        return SourceState(SignalSettings(spike_min_points=2), vocabulary.Vocabulary())
+
+    reader = LineReader("/nonexistent/train.log", "train", new_state(), LogSpec("/nonexistent/train.log", fmt), 1 << 20)
+    reader.observed_at = lambda: 1000.0
+    reader._handle(lines)
+
+    expected, parser = new_state(), line_format_for("/nonexistent/train.log", fmt)
+    for line in lines:
+        event = events.scan_events(line)
+        if event is not None:
+            expected.apply(event, 1000.0)
+        try:
+            records = (getattr(parser, "chosen", None) or parser).parse(line)
+        except ParseError:
+            continue
+        for record in records:
+            expected.apply(record, 1000.0)
+    assert same(vars(reader.state.snapshot()), vars(expected.snapshot())), lines

@@ -154,10 +154,17 @@ class LineReader(Reader):
         parse = (getattr(self.parser, "chosen", None) or self.parser).parse
         # Records go to the state in batches, one lock acquisition each, in the order read.
         pending: list[Record] = []
+        # A progress bar's record, held back to ride on the next line's record: a tqdm redraw
+        # comes before most metric lines, and the state applies a record's progress before its
+        # values, so one record does what the two would, in the same order, for half the cost.
+        bar: Record | None = None
         try:
             for line in lines:
                 event = scan_events(line) if scans_events else None
                 if event is not None:
+                    if bar is not None:
+                        pending.append(bar)
+                        bar = None
                     pending.append(event)
                 try:
                     records = parse(line)
@@ -166,6 +173,17 @@ class LineReader(Reader):
                     stats.error_examples.append((line[:200], str(error)[:200]))
                     continue
                 if records:
+                    first = records[0]
+                    if bar is not None:
+                        if first.progress is None and first.event is None:
+                            first.progress = bar.progress
+                        else:
+                            pending.append(bar)
+                        bar = None
+                    if (len(records) == 1 and not first.values and first.progress is not None
+                            and first.step is None and not first.meta and first.event is None):
+                        bar = first
+                        continue
                     pending += records
                     if len(pending) >= APPLY_BATCH:
                         state.apply_all(pending, when)
@@ -174,6 +192,8 @@ class LineReader(Reader):
                     stats.ignored += 1
                     stats.ignored_examples.append(line[:200])
         finally:
+            if bar is not None:
+                pending.append(bar)
             if pending:
                 state.apply_all(pending, when)
 

@@ -34,12 +34,25 @@ _WRAPPED = re.compile(
 )
 
 
+# Shapes of dict lines learned per file (a training line's, an evaluation's, the summary's).
+MAX_SHAPES = 8
+
+
 class HuggingFaceConsole:
     name = "huggingface"
+
+    def __init__(self) -> None:
+        self._shapes: list[_Shape] = []
 
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
+        if line[:1] == "{":
+            # Most lines are dicts with the keys of one seen before, printed the same way.
+            for shape in self._shapes:
+                record = shape.read(line)
+                if record is not None:
+                    return [record]
         start = _dict_start(line)
         if start < 0:
             progress = parse_progress_bar(line)
@@ -66,7 +79,52 @@ class HuggingFaceConsole:
         after = parse_progress_bar(line[end:])
         if after is not None:
             progress = after
-        return [_record(items, progress)]
+        record = _record(items, progress)
+        if start == 0 and end == len(line) and len(self._shapes) < MAX_SHAPES:
+            shape = _Shape.learn(line, items, record)
+            if shape is not None:
+                self._shapes.append(shape)
+        return [record]
+
+
+class _Shape:
+    """The keys of a dict line, in order, each value quoted or bare, printed as ``repr`` prints
+    a dict: read by one anchored regular expression and ``float`` on each value. A line it does
+    not match, or with a value ``float`` refuses, goes the general way (which reads it the same).
+    """
+
+    __slots__ = ("pattern", "keys", "kind")
+
+    def __init__(self, pattern: re.Pattern[str], keys: tuple[str, ...], kind: Kind) -> None:
+        self.pattern, self.keys, self.kind = pattern, keys, kind
+
+    @classmethod
+    def learn(cls, line: str, items: list[tuple[str, object]], record: Record) -> _Shape | None:
+        """The shape of ``line``, if it is a dict of numbers, printed plainly, without a step."""
+        keys = tuple(key for key, _ in items)
+        # Every value a number, no key twice, and no "step" (read as the step only when whole).
+        if not keys or "step" in keys or len(record.values) != len(keys) or len(set(keys)) != len(keys):
+            return None
+        parts = []
+        for key, raw in items:
+            quote = raw[:1] if raw[:1] in ("'", '"') else ""
+            if "'" in key or "\\" in key:
+                return None
+            value = f"{quote}([^'\"\\\\]*){quote}" if quote else r"([^'\"()\[\]{},\s]+)"
+            parts.append(f"'{re.escape(key)}': {value}")
+        if "{" + ", ".join(f"'{key}': {raw}" for key, raw in items) + "}" != line:
+            return None  # spaced or quoted some other way: left to the general reader
+        return cls(re.compile(r"\{" + ", ".join(parts) + r"\}"), keys, record.kind)
+
+    def read(self, line: str) -> Record | None:
+        match = self.pattern.fullmatch(line)
+        if match is None:
+            return None
+        try:
+            values = dict(zip(self.keys, map(float, match.groups())))
+        except ValueError:
+            return None  # a value that is not a plain number: the general reader decides
+        return Record(values=values, kind=self.kind)
 
 
 def _mentions_marker(line: str, start: int) -> bool:
