@@ -103,6 +103,36 @@ def test_megatron_fields(text):
         assert same(megatron._fields(candidate), reference(candidate)), candidate
 
 
+megatron_value = st.one_of(st.sampled_from(["2.373574E+00", "1.0", "  512", "0", "nan", "-inf", "741.2", " 3 "]),
+                           st.sampled_from(["496.3 (avg 496.1)", "1:02:03", "x", "", "1e999", "NaN |", ": 4"]))
+
+
+@st.composite
+def megatron_lines_of_one_layout(draw) -> list[str]:
+    """Iteration and validation lines with the same fields in the same order, values varying."""
+    names = draw(st.lists(st.sampled_from(["lm loss", "grad norm", "loss scale", "learning rate", "x:y", "lm loss PPL",
+                                           "number of nan iterations", " "]), min_size=1, max_size=4))
+    end = draw(st.sampled_from([" |", " |", "", " | ", "|x"]))
+    head = draw(st.sampled_from([" iteration      {i}/  250000 |", " validation loss at iteration {i} |",
+                                 " validation loss at iteration {i} on test set |"]))
+    return [head.format(i=i) + " | ".join(f" {name}: {draw(megatron_value)}" for name in names) + end
+            for i in range(1, draw(st.integers(1, 6)) + 1)]
+
+
+@PROPERTY
+@given(st.lists(megatron_lines_of_one_layout(), max_size=3))
+@example([[" iteration 1/ 9 | lm loss: 2.0 | grad norm: 1.0 |", " iteration 2/ 9 | lm loss: 496.3 (avg 496.1) | grad norm: 1.0 |",
+           " iteration 3/ 9 | lm loss: 2.0 | grad norm: 1.0", " iteration 4/ 9 | lm loss: 2.0 | grad norm: 1.0 | x"]])
+def test_megatron_lines_by_learned_layout(groups):
+    # A parser that has learned the layouts of the lines before reads each line as a fresh one does.
+    def read(parser, line):
+        return [(r.values, r.kind, r.step, r.meta) for r in parser.parse(line)]
+
+    learned = megatron.Megatron()
+    for line in [line for group in groups for line in group] * 2:
+        assert_same_outcome(lambda text: read(learned, text), lambda text: read(megatron.Megatron(), text), line)
+
+
 # -------------------------------------------------------------------- Hugging Face dicts
 
 DICT_TOKENS = ["{", "}", "'", '"', ":", ",", " ", "\t", "\\", "'loss'", "'eval_loss'", '"epoch"', "1.5", "'2.5'",
@@ -209,6 +239,8 @@ EVENT_TOKENS = ["Killed", " Killed ", "OutOfMemoryError: CUDA", "CUDA out of mem
 def test_events_and_progress_bars(line):
     found = events.scan_events(line)
     assert (found.event.value if found else None) == scan_events_reference(line), line
+    if found is not None:  # the reader skips scanning chunks this calls eventless
+        assert events.may_report_events(f"before\n{line}\nafter"), line
     assert events.parse_progress_bar(line) == progress_reference(line), line
 
 
@@ -264,6 +296,31 @@ def test_json_lines(line):
         return [(r.values, r.kind.value, r.step) for r in jsonl.JsonLines().parse(line)]
 
     assert_same_outcome(fast, json_parse_reference, line)
+
+
+json_leaf = st.one_of(st.floats(), st.floats(), st.integers(-3, 3), st.sampled_from([1 << 63, True, None, "nan", "x", [1.0], {"a": 1.0}]))
+
+
+@st.composite
+def json_lines_of_one_layout(draw) -> list[str]:
+    """Objects with the same keys in the same order, as a logger writes them, values varying."""
+    keys = draw(st.lists(json_keys, min_size=1, max_size=4, unique=True))
+    return [json.dumps(dict(zip(keys, draw(st.lists(json_leaf, min_size=len(keys), max_size=len(keys))))))
+            for _ in range(draw(st.integers(1, 6)))]
+
+
+@PROPERTY
+@given(st.lists(json_lines_of_one_layout(), max_size=3))
+@example([['{"step": 1, "loss": 2.5}', '{"step": 2.0, "loss": 2.5}', '{"step": 3, "loss": 1}', '{"step": 4, "loss": "x"}']])
+@example([['{"step": 1, "loss": 2.5}', '{"step": 9223372036854775808, "loss": 2.5}', '{"step": true, "loss": 2.5}']])
+def test_json_lines_by_learned_layout(groups):
+    # A parser that has learned the layouts of the lines before reads each line as a fresh one does.
+    def read(parser, line):
+        return [(r.values, r.kind.value, r.step) for r in parser.parse(line)]
+
+    learned = jsonl.JsonLines()
+    for line in [line for group in groups for line in group] * 2:
+        assert_same_outcome(lambda text: read(learned, text), lambda text: read(jsonl.JsonLines(), text), line)
 
 
 # ------------------------------------------------------------------------------- lines

@@ -16,7 +16,7 @@ from ..training.signals import SourceState
 from .detect import format_by_name, line_format_for
 from .follow import Data, EndOfFile, FileFollower, Reset
 from .formats import ParseError, Record
-from .formats.events import scan_events
+from .formats.events import may_report_events, scan_events
 from .formats.hparams import parse_hparams_yaml
 from .formats.regex import RegexFormat
 from .formats.tfevents import TfEventsDecoder
@@ -149,7 +149,7 @@ class LineReader(Reader):
         when = self.observed_at()
         stats, state = self.stats, self.state
         stats.lines += len(lines)
-        scans_events = self.scans_events
+        scans_events = self.scans_events and may_report_events("\n".join(lines))
         # Once a file's dialect is known, call it directly rather than through the detector.
         parse = (getattr(self.parser, "chosen", None) or self.parser).parse
         # Records go to the state in batches, one lock acquisition each, in the order read.

@@ -47,17 +47,24 @@ _OVERFLOW = re.compile(
 _BAR = re.compile(r"\|[ ]{0,8}(\d{1,15})/(\d{1,15}|\?)[ ]{0,8}\[")
 
 
+# Every pattern above holds one of these words ("Killed" is the shell's word for the OOM
+# killer). A substring test is far cheaper than trying the alternatives at every position.
+_WORDS = ("emory", "CUBLAS", "Killed", "verflow", "VERFLOW")
+
+
+def may_report_events(text: str) -> bool:
+    """False when no line of ``text`` can report an event: most chunks of a log, tested whole."""
+    return any(word in text for word in _WORDS)
+
+
 def scan_events(line: str) -> Record | None:
     """The event a line reports, if any: one record per line at most."""
     if len(line) > MAX_LINE:
         return None
-    # Every console line passes here, and almost none reports an event. Each pattern holds one
-    # of these words, and a substring test is far cheaper than trying the alternatives at every
-    # position of the line.
     if "emory" in line or "CUBLAS" in line:
         if _OOM.search(line):
             return Record(event=Event.OOM)
-    elif "Killed" in line and line.strip() == "Killed":  # the shell's word for the OOM killer
+    elif "Killed" in line and line.strip() == "Killed":
         return Record(event=Event.OOM)
     if ("verflow" in line or "VERFLOW" in line) and _OVERFLOW.search(line):
         return Record(event=Event.LOSS_SCALE_OVERFLOW)

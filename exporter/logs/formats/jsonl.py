@@ -27,6 +27,7 @@ _SPLIT_FIELD_SET = frozenset(SPLIT_FIELDS)
 NEUTRAL_KEYS = frozenset({"epoch", "timestamp", "time", "wall_time", "elapsed"})
 
 _INT64 = 1 << 63
+_FLOAT = frozenset({float})
 
 
 def is_eval_key(key: str) -> bool:
@@ -117,8 +118,18 @@ def _split_says_eval(obj: dict) -> bool | None:
     return None
 
 
+# Key layouts learned per file: a training row's, an evaluation row's, a few more.
+MAX_LAYOUTS = 16
+
+
 class JsonLines:
     name = "jsonl"
+
+    def __init__(self) -> None:
+        # The keys of an object, in order -> (its step key or None, its kind), for objects whose
+        # values were all floats but for an int step: the next object with those keys and such
+        # values is a record without any of the general path's questions.
+        self._layouts: dict[tuple[str, ...], tuple[str | None, Kind]] = {}
 
     def parse(self, line: str | bytes) -> list[Record]:
         if isinstance(line, (bytes, bytearray)):
@@ -134,7 +145,30 @@ class JsonLines:
         obj = _loads_stripped(text)
         if not isinstance(obj, dict):
             raise ParseError("JSON line is not an object")
+        keys = tuple(obj)
+        layout = self._layouts.get(keys)
+        if layout is not None:
+            step_key, kind = layout
+            step = obj.pop(step_key) if step_key is not None else None
+            if (step is None or type(step) is int and abs(step) < _INT64) and _FLOAT.issuperset(map(type, obj.values())):
+                return [Record(values=obj, kind=kind, step=step)]
+            obj = _loads_stripped(text)  # not this layout's kind of values: read it afresh
+        records = self._read(obj)
+        if records and len(self._layouts) < MAX_LAYOUTS:
+            self._learn(keys, obj, records[0])
+        return records
 
+    def _learn(self, keys: tuple[str, ...], obj: dict, record: Record) -> None:
+        step_keys = _STEP_KEY_SET.intersection(keys)
+        if len(step_keys) > 1 or len(record.values) != len(keys) - len(step_keys):
+            return  # nested, not numbers, several step keys: left to the general path
+        step_key = next(iter(step_keys), None)
+        if step_key is not None and type(obj[step_key]) is not int:
+            return
+        if all(type(obj[key]) is float for key in keys if key != step_key):
+            self._layouts[keys] = (step_key, record.kind)
+
+    def _read(self, obj: dict) -> list[Record]:
         values = flatten(obj)
         step = None
         # Flat ("trainer/global_step": 5) or nested ({"trainer": {"global_step": 5}}); the set

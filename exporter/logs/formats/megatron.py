@@ -34,10 +34,27 @@ _LEADING_NUMBER = re.compile(r"(\S{1,64}) \([^()]{0,200}\)$")
 
 _LOSS = "lm loss"
 _NAN_ITERATIONS = "number of nan iterations"
+# Field layouts learned per file (the iteration line's, the validation line's, a few spares).
+MAX_SHAPES = 4
 
 
 class Megatron:
     name = "megatron"
+
+    def __init__(self) -> None:
+        self._shapes: list[_FieldShape] = []
+
+    def _fields(self, text: str) -> dict[str, float]:
+        """``_fields``, by a layout seen before when the text has one."""
+        for shape in self._shapes:
+            values = shape.read(text)
+            if values is not None:
+                return values
+        if len(self._shapes) < MAX_SHAPES:
+            shape = _FieldShape.learn(text)
+            if shape is not None:
+                self._shapes.append(shape)
+        return _fields(text)
 
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
@@ -53,7 +70,7 @@ class Megatron:
         return []
 
     def _training(self, line: str, match: re.Match[str]) -> Record:
-        values = _fields(line[match.end():])
+        values = self._fields(line[match.end():])
         if not values and line[match.end():].strip():
             raise ParseError(f"Megatron iteration line with no readable field: {line[:120]!r}")
         if _LOSS not in values and values.get(_NAN_ITERATIONS, 0.0) > 0:
@@ -67,7 +84,7 @@ class Megatron:
         )
 
     def _validation(self, where: str, rest: str, line: str) -> Record:
-        values = _fields(rest)
+        values = self._fields(rest)
         if not values:
             raise ParseError(f"Megatron validation line with no readable value: {line[:120]!r}")
         at_iteration = _AT_ITERATION.match(where)
@@ -93,6 +110,49 @@ def _fields(text: str) -> dict[str, float]:
             if value is not None:
                 values[name] = value
     return values
+
+
+class _FieldShape:
+    """The field names of a line, in order, every value a plain number: read by one anchored
+    regular expression and ``float`` on each value. A text it does not match, or with a value
+    ``float`` refuses, goes to ``_fields``, which reads it the same."""
+
+    __slots__ = ("pattern", "names")
+
+    def __init__(self, pattern: re.Pattern[str], names: tuple[str, ...]) -> None:
+        self.pattern, self.names = pattern, names
+
+    @classmethod
+    def learn(cls, text: str) -> _FieldShape | None:
+        fields = text.split("|")
+        if not fields[-1].strip():
+            fields.pop()  # the "|" that closes the line
+        names = []
+        for field in fields:
+            name, colon, raw = field.partition(":")
+            name = name.strip()
+            if not colon or not name:
+                return None
+            try:
+                float(raw)
+            except ValueError:
+                return None
+            names.append(name)
+        if not names or len(set(names)) != len(names):
+            return None
+        # Each field as _fields reads it: the name with any spaces around it, the first colon,
+        # the value up to the next "|"; then the closing "|" and spaces, or nothing.
+        body = r"\|".join(r"\s*" + re.escape(name) + r"\s*:([^|]*)" for name in names)
+        return cls(re.compile(body + r"(?:\|\s*)?"), tuple(names))
+
+    def read(self, text: str) -> dict[str, float] | None:
+        match = self.pattern.fullmatch(text)
+        if match is None:
+            return None
+        try:
+            return dict(zip(self.names, map(float, match.groups())))
+        except ValueError:
+            return None
 
 
 def _number(text: str) -> float | None:
