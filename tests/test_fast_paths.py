@@ -403,3 +403,20 @@ def test_a_chunk_of_lines_does_what_its_records_do_one_by_one(lines, fmt):
         for record in records:
             expected.apply(record, 1000.0)
     assert same(vars(reader.state.snapshot()), vars(expected.snapshot())), lines
+
+
+def test_learned_layouts_are_few_and_come_from_short_lines():
+    # A log inventing a new layout on every line, or very long ones, must not grow what the
+    # parsers keep: a few layouts each, learned from lines of a metrics line's length.
+    long_key = "k" * (base.MAX_LEARNED_LINE + 10)
+    hf, mg, js = hf_console.HuggingFaceConsole(), megatron.Megatron(), jsonl.JsonLines()
+    for parser, line in ((hf, f"{{'loss': 1.0, '{long_key}': 2.0}}"), (mg, f" iteration 1/ 9 | {long_key}: 1.0 |"),
+                         (js, json.dumps({"step": 1, long_key: 1.0}))):
+        assert parser.parse(line)[0].values  # read, not learned
+    assert not hf._shapes and not mg._shapes and not js._layouts
+    for i in range(100):
+        hf.parse(f"{{'loss': 1.0, 'k{i}': 2.0}}")
+        mg.parse(f" iteration {i + 1}/ 900 | lm loss: 1.0 | k{i}: 2.0 |")
+        js.parse(json.dumps({"step": i, "loss": 1.0, f"k{i}": 2.0}))
+    assert len(hf._shapes) == hf_console.MAX_SHAPES and len(mg._shapes) == megatron.MAX_SHAPES
+    assert len(js._layouts) == jsonl.MAX_LAYOUTS

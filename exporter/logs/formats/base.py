@@ -42,6 +42,12 @@ class Record:
     wall_time: float | None = None
 
 
+# Parsers learn the layout of the lines they read often (the keys of a metrics line, in order)
+# and read lines of that layout by one regular expression. Only short lines are learned from:
+# metrics lines are, and a layout keeps its keys.
+MAX_LEARNED_LINE = 4096
+
+
 class ParseError(ValueError):
     """A line that belongs to this format but cannot be read (counted, then skipped)."""
 

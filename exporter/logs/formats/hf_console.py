@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
 from .events import MAX_LINE, parse_progress_bar
 
 # Keys the Trainer itself puts in its logs. A dict without any of them is some other print
@@ -80,7 +80,7 @@ class HuggingFaceConsole:
         if after is not None:
             progress = after
         record = _record(items, progress)
-        if start == 0 and end == len(line) and len(self._shapes) < MAX_SHAPES:
+        if start == 0 and end == len(line) <= MAX_LEARNED_LINE and len(self._shapes) < MAX_SHAPES:
             shape = _Shape.learn(line, items, record)
             if shape is not None:
                 self._shapes.append(shape)

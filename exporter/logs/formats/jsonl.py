@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from .base import Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
 
 # Metrics lines are small; anything this long is a dump of something else (or an attack).
 MAX_LINE_CHARS = 1 << 20
@@ -154,7 +154,7 @@ class JsonLines:
                 return [Record(values=obj, kind=kind, step=step)]
             obj = _loads_stripped(text)  # not this layout's kind of values: read it afresh
         records = self._read(obj)
-        if records and len(self._layouts) < MAX_LAYOUTS:
+        if records and len(self._layouts) < MAX_LAYOUTS and len(text) <= MAX_LEARNED_LINE:
             self._learn(keys, obj, records[0])
         return records
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
 from .events import MAX_LINE
 
 # Bounded quantifiers keep the search linear however long the line.
@@ -50,7 +50,7 @@ class Megatron:
             values = shape.read(text)
             if values is not None:
                 return values
-        if len(self._shapes) < MAX_SHAPES:
+        if len(self._shapes) < MAX_SHAPES and len(text) <= MAX_LEARNED_LINE:
             shape = _FieldShape.learn(text)
             if shape is not None:
                 self._shapes.append(shape)
