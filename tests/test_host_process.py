@@ -363,6 +363,22 @@ def test_found_as_a_gpu_process_and_priorities(tmp_path):
         assert value(scrape(collector), "training_process_info", pid=str(on_gpu.pid), source="gpu") == 1
 
 
+def test_gpu_pids_that_cannot_be_seen_are_not_looked_up_again_until_they_change():
+    # NVML's PIDs from another PID namespace: looked up once, not on every scrape.
+    looked_up = []
+    gpu_pids = {4_000_000, 4_000_001}
+    with trainers() as start:
+        trainer = start(new_marker())
+        collector = ProcessCollector(gpu_pids=lambda: set(gpu_pids))
+        look_up = collector._process
+        collector._process = lambda pid: looked_up.append(pid) or look_up(pid)
+        for _ in range(3):
+            assert value(scrape(collector), "training_process_up") == 0
+        assert sorted(looked_up) == [4_000_000, 4_000_001]
+        gpu_pids.add(trainer.pid)  # the set changed: looked at again, and found
+        assert value(scrape(collector), "training_process_info", pid=str(trainer.pid), source="gpu") == 1
+
+
 def test_nothing_to_follow_is_up_zero_and_a_bad_regex_is_a_value_error(tmp_path):
     fams = scrape(ProcessCollector(pid_file=str(tmp_path / "missing.pid")))
     assert value(fams, "training_process_up") == 0

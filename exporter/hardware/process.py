@@ -50,6 +50,9 @@ class ProcessCollector(Collector):
             raise ValueError(f"invalid cmdline pattern {cmdline_pattern!r}: {exc}") from None
         self.pid_file = pid_file
         self._gpu_pids = gpu_pids
+        # GPU PIDs none of which could be found: in a sidecar without a shared PID namespace
+        # NVML's PIDs are the host's, never to be seen; not looked up again while they stay.
+        self._unseen_gpu_pids: frozenset[int] = frozenset()
         self._proc: psutil.Process | None = None
         self._source = ""
         self._own_pid = os.getpid()
@@ -148,7 +151,11 @@ class ProcessCollector(Collector):
         except Exception as exc:  # the GPU collector's trouble must not break this one
             log.debug("gpu_pids failed: %s", exc)
             return None
+        pids = frozenset(pids)
+        if pids == self._unseen_gpu_pids:
+            return None
         candidates = [p for p in map(self._process, sorted(pids)) if p is not None]
+        self._unseen_gpu_pids = frozenset() if candidates else pids
         return min(candidates, key=lambda p: p.create_time(), default=None)
 
     # -- readings
