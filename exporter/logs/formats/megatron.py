@@ -44,7 +44,7 @@ class Megatron:
     def __init__(self) -> None:
         self._shapes: list[_FieldShape] = []
 
-    def _fields(self, text: str) -> dict[str, float]:
+    def _read_fields(self, text: str) -> dict[str, float]:
         """``_fields``, by a layout seen before when the text has one."""
         for shape in self._shapes:
             values = shape.read(text)
@@ -70,7 +70,7 @@ class Megatron:
         return []
 
     def _training(self, line: str, match: re.Match[str]) -> Record:
-        values = self._fields(line[match.end():])
+        values = self._read_fields(line[match.end():])
         if not values and line[match.end():].strip():
             raise ParseError(f"Megatron iteration line with no readable field: {line[:120]!r}")
         if _LOSS not in values and values.get(_NAN_ITERATIONS, 0.0) > 0:
@@ -84,7 +84,7 @@ class Megatron:
         )
 
     def _validation(self, where: str, rest: str, line: str) -> Record:
-        values = self._fields(rest)
+        values = self._read_fields(rest)
         if not values:
             raise ParseError(f"Megatron validation line with no readable value: {line[:120]!r}")
         at_iteration = _AT_ITERATION.match(where)
