@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import deque
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
 from exporter.logs.formats import base, events, hf_console, jsonl, megatron
+from exporter.logs.formats import LINE_FORMATS
 from exporter.logs.formats.base import ParseError
 from exporter.logs.lines import LineSplitter
 from exporter.training import vocabulary
@@ -402,7 +405,222 @@ def test_a_chunk_of_lines_does_what_its_records_do_one_by_one(lines, fmt):
             continue
         for record in records:
             expected.apply(record, 1000.0)
-    assert same(vars(reader.state.snapshot()), vars(expected.snapshot())), lines
+    assert same(state_of(reader.state), state_of(expected)), lines
+
+
+# Stretches of lines of one layout, as a run prints them, with what ends a run or makes the state
+# apply it record by record: NaN and infinite values, text where a number was, a step that stays
+# or goes back, a bar of another total, two keys of one name, a NaN loss Megatron leaves out.
+plain_number = st.one_of(st.floats(-1e6, 1e6).map(repr), st.sampled_from(["1.5", "0", "1e-05", "3"]))
+odd_number = st.sampled_from(["nan", "inf", "-inf", "1e999", "x"])
+step_change = st.sampled_from([1, 1, 1, 1, 0, -1, 3])
+
+
+@st.composite
+def run_values(draw, count: int) -> list[str]:
+    """A line's values: plain numbers, and on one line in ten an odd one among them."""
+    odd = draw(st.integers(0, 9)) == 0
+    return [draw(odd_number if odd and draw(st.booleans()) else plain_number) for _ in range(count)]
+
+
+@st.composite
+def hugging_face_run(draw) -> list[str]:
+    keys = draw(st.lists(st.sampled_from(["loss", "grad_norm", "learning_rate", "epoch", "train_loss", "k"]),
+                         min_size=1, max_size=4, unique=True))
+    quote, bars, total = draw(st.sampled_from(["'", ""])), draw(st.booleans()), draw(st.sampled_from([100, 40]))
+    step, lines = draw(st.integers(0, 5)), []
+    for _ in range(draw(st.integers(1, 12))):
+        step += draw(step_change)
+        if bars and draw(st.integers(0, 9)):
+            lines.append(f" {step}%|▌   | {step}/{draw(st.sampled_from([total] * 12 + [10, 400]))} [00:01<00:02,  3.1it/s]")
+        lines.append("{" + ", ".join(f"'{key}': {quote}{value}{quote}" for key, value in zip(keys, draw(run_values(len(keys)))))
+                     + "}")
+    return lines
+
+
+@st.composite
+def megatron_run(draw) -> list[str]:
+    names = draw(st.lists(st.sampled_from(["lm loss", "grad norm", "learning rate", "loss scale", "number of nan iterations",
+                                           "consumed samples", "throughput"]), min_size=1, max_size=5, unique=True))
+    step, total, lines = draw(st.integers(0, 5)), draw(st.sampled_from([1000, 1000, 9])), []
+    for _ in range(draw(st.integers(1, 12))):
+        step += draw(step_change)
+        lines.append(f" [2024-05-01 10:00:00] iteration {step:8d}/ {draw(st.sampled_from([total] * 4 + [77]))} |"
+                     + "".join(f" {name}: {value} |" for name, value in zip(names, draw(run_values(len(names))))))
+    return lines
+
+
+@st.composite
+def json_lines_run(draw) -> list[str]:
+    keys = draw(st.lists(st.sampled_from(["loss", "lr", "grad_norm", "epoch", "train/loss", "val_loss", "k"]),
+                         min_size=1, max_size=4, unique=True))
+    step_key = draw(st.sampled_from(["step", "iteration", None]))
+    step, lines = draw(st.integers(0, 5)), []
+    for _ in range(draw(st.integers(1, 12))):
+        step += draw(step_change)
+        values = {key: float(value.replace("x", "2")) if draw(st.integers(0, 19)) else draw(json_leaf)
+                  for key, value in zip(keys, draw(run_values(len(keys))))}
+        printed_step = step if draw(st.integers(0, 14)) else draw(st.sampled_from([step + 0.5, None, 1 << 63, True]))
+        lines.append(json.dumps({step_key: printed_step, **values} if step_key else values))
+    return lines
+
+
+RUNS = {"huggingface": hugging_face_run(), "megatron": megatron_run(), "jsonl": json_lines_run()}
+NOISE = {"huggingface": ["some other line", "{'a': 1}", "Killed", "{'eval_loss': 2.0, 'epoch': 1.0}",
+                         " 6%|▌   | 6/100 [00:12<03:00,  5.0it/s]{'loss': 2.3}"],
+         "megatron": ["some other line", "Killed", " validation loss at iteration 4 | lm loss value: 2.0 |"],
+         "jsonl": ["some other line", '{"step": 4, "eval_loss": 2.0}', '{"a": "b"}']}
+
+
+def state_of(state) -> dict:
+    """Everything a source's state holds, to compare two states whole."""
+    return {name: list(value) if isinstance(value, deque) else value for name, value in vars(state).items()
+            if name not in ("_lock", "vocabulary", "settings")}
+
+
+def assert_read_as_one_by_one(chunks: list[list[str]], fmt: str, max_keys: int = 200, keep_history: bool = False):
+    """Chunks read by the reader, each at its own time, leave the state that applying every
+    line's records on their own, in order, leaves."""
+    from exporter.logs.readers import LineReader, LogSpec
+    from exporter.training.signals import SignalSettings, SourceState
+
+    def new_state():
+        settings = SignalSettings(spike_min_points=2, max_keys=max_keys)
+        return SourceState(settings, vocabulary.Vocabulary(), keep_history=keep_history)
+
+    reader = LineReader("/nonexistent/train.log", "train", new_state(), LogSpec("/nonexistent/train.log", fmt), 1 << 20)
+    expected, parser = new_state(), LINE_FORMATS[fmt]()
+    for when, chunk in enumerate(chunks, start=1000):
+        reader.observed_at = lambda: float(when)
+        reader._handle(chunk)
+        for line in chunk:
+            event = events.scan_events(line) if fmt != "jsonl" else None
+            if event is not None:
+                expected.apply(event, when)
+            try:
+                records = parser.parse(line)
+            except ParseError:
+                continue
+            for record in records:
+                expected.apply(record, when)
+    assert same(state_of(reader.state), state_of(expected)), chunks
+
+
+@PROPERTY
+@given(st.data(), st.sampled_from(sorted(RUNS)), st.sampled_from([0, 2, 200]), st.booleans())
+def test_runs_of_one_layout_do_what_their_records_do_one_by_one(data, fmt, max_keys, keep_history):
+    # Lines read as runs, by column, in chunks cut anywhere and read at different times, with
+    # caps low enough to drop keys.
+    lines = [line for group in data.draw(st.lists(st.one_of(RUNS[fmt], st.sampled_from(NOISE[fmt]).map(lambda n: [n])),
+                                                  max_size=5)) for line in group]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(lines)), max_size=3)))
+    assert_read_as_one_by_one([lines[start:end] for start, end in zip([0, *cuts], [*cuts, len(lines)])],
+                              fmt, max_keys, keep_history)
+
+
+run_float = st.one_of(st.floats(-10, 10), st.sampled_from([math.nan, math.inf, 1e308]))
+ascending = st.lists(st.integers(-2, 4), min_size=2, max_size=8).map(lambda gaps: [sum(gaps[:i + 1]) for i in range(len(gaps))])
+
+
+@st.composite
+def runs(draw) -> base.Run:
+    keys = tuple(draw(st.lists(st.sampled_from(["loss", "train_loss", "grad_norm", "k", "j", "lm loss"]), min_size=0,
+                               max_size=3, unique=True)))
+    steps = draw(st.one_of(st.none(), ascending.map(lambda steps: [step + 6 for step in steps])))
+    count = len(steps) if steps else draw(st.integers(1, 6))
+    bars = draw(st.one_of(st.none(), st.lists(st.tuples(st.integers(0, 9), st.sampled_from([9, 9, 9, 5])),
+                                              min_size=count, max_size=count)))
+    rows = [tuple(draw(run_float if draw(st.integers(0, 9)) == 0 else st.floats(-10, 10)) for _ in keys) for _ in range(count)]
+    meta = draw(st.sampled_from([None, {"max_steps": 9}, {"max_steps": 9, "lr": "cosine"}]))
+    return base.Run(keys=keys, rows=rows, lines=count, steps=steps, progress=bars, meta=meta)
+
+
+def records(draw) -> list[base.Record]:
+    return draw(st.lists(st.builds(base.Record, values=st.dictionaries(st.sampled_from(["loss", "k", "eval_loss"]), run_float),
+                                   kind=st.sampled_from(list(base.Kind)), step=st.one_of(st.none(), st.integers(0, 9)),
+                                   progress=st.one_of(st.none(), st.tuples(st.integers(0, 9), st.sampled_from([9, 5]))),
+                                   meta=st.sampled_from([{}, {"max_steps": 9}, {"a": 1.0, "b": "x"}])), max_size=4))
+
+
+@PROPERTY
+@given(st.data(), runs(), st.booleans(), st.sampled_from([0, 1, 200]), st.booleans())
+def test_a_run_applied_by_column_is_its_records_applied_in_order(data, run, rewritten, max_keys, keep_history):
+    # Whatever the state went through before (steps, bars, a file rewritten and replayed), a
+    # run leaves it as its records applied one by one would.
+    from exporter.training.signals import SignalSettings, SourceState
+
+    states = [SourceState(SignalSettings(spike_min_points=2, max_keys=max_keys), vocabulary.Vocabulary(), keep_history)
+              for _ in range(2)]
+    before = records(data.draw)
+    for state in states:
+        state.apply_all(before, 1.0)
+        if rewritten:
+            state.mark_rewritten()
+    by_column, one_by_one = states
+    by_column.apply_run(run, 2.0)
+    one_by_one.apply_all(run.records(), 2.0)
+    assert same(state_of(by_column), state_of(one_by_one))
+
+
+def bars_and_dicts(*bars: str) -> list[str]:
+    return [line for i, bar in enumerate(bars) for line in (f" 5%|▌   | {bar} [00:01<00:02,  3.1it/s]",
+                                                              f"{{'loss': {1.5 + i % 3}, 'k': 2.0}}")]
+
+
+def iterations(*steps: int, total: int = 1000, loss: str = "2.5") -> list[str]:
+    return [f" iteration {step:8d}/ {total} | lm loss: {loss} | k: 1.0 | number of nan iterations: 0 |" for step in steps]
+
+
+@pytest.mark.parametrize("chunks, fmt, max_keys", [
+    ([bars_and_dicts("1/100", "2/100"), bars_and_dicts("3/100", "4/100", "5/100")], "huggingface", 200),
+    ([bars_and_dicts("1/100", "2/100"), bars_and_dicts("3/100", "4/10", "5/100", "6/100")], "huggingface", 200),
+    ([bars_and_dicts("1/100", "2/100"), bars_and_dicts("3/10", "4/10", "5/10")], "huggingface", 200),
+    ([bars_and_dicts("1/10", "2/10"), bars_and_dicts("3/100", "4/100", "2/100")], "huggingface", 200),
+    ([bars_and_dicts("1/100", "2/100"), bars_and_dicts("3/100", "4/100")], "huggingface", 0),
+    ([bars_and_dicts("1/100", "2/100"), [" 5%|▌   | 3/100 [00:01<00:02,  3.1it/s]{'loss': 9.0}", "{'loss': 1.5, 'k': 2.0}"]],
+     "huggingface", 200),
+    ([iterations(1, 2), iterations(3, 4, 5)], "megatron", 0),
+    ([iterations(1, 2), iterations(3, 4, 5, total=7)], "megatron", 200),
+    ([iterations(1, 2), [" validation loss at iteration 2 | lm loss value: 2.0 |"], iterations(2, 3, 4)], "megatron", 200),
+    ([iterations(5, 6), iterations(3, 4, 5)], "megatron", 200),
+    ([iterations(1, 2), iterations(3, 4, loss="inf")], "megatron", 200),
+    ([["{'loss': 1.0, 'train_loss': 2.0}"] * 2, ["{'loss': 1.0, 'train_loss': 2.0}", "{'loss': 5.0, 'train_loss': 9.0}"]],
+     "huggingface", 200),
+    ([['{"step": 1, "loss": 1.0}'] * 2, ['{"step": 2, "loss": 1.0}', '{"step": 3, "loss": 1e308}', '{"step": 4, "loss": 1e308}']],
+     "jsonl", 200),
+])
+def test_what_a_run_may_not_take_by_column(chunks, fmt, max_keys):
+    # A bar of another total, a step that stays or goes back, a cap reached, an infinity, a sum
+    # that overflows, two keys of one name, a bar with a dict glued on: each read as the lines'
+    # records, one by one, would leave the state.
+    assert_read_as_one_by_one(chunks, fmt, max_keys, keep_history=True)
+
+
+@PROPERTY
+@given(st.data(), st.sampled_from(sorted(RUNS)))
+def test_a_run_reads_its_lines_as_parse_does(data, fmt):
+    # Whatever run a parser reads from a line on, its records are the records parse gives for
+    # the lines it covers, and it covers at least one line.
+    lines = [line for group in data.draw(st.lists(RUNS[fmt], min_size=1, max_size=3)) for line in group]
+    learner, reference = LINE_FORMATS[fmt](), LINE_FORMATS[fmt]()
+    for line in lines[:data.draw(st.integers(0, len(lines)))]:
+        outcome(learner.parse, line)
+    start = data.draw(st.integers(0, len(lines) - 1))
+    run = learner.read_run(lines, start)
+    if run is None:
+        return
+    assert 1 <= run.lines <= len(lines) - start
+    expected, bar = [], None
+    for line in lines[start:start + run.lines]:
+        (record,) = reference.parse(line)
+        if record.values:
+            record.progress, bar = bar, None
+            expected.append(record)
+        else:
+            bar = record.progress  # a bar's record rides on the next line's
+    assert same([(r.values, r.kind, r.step, r.progress, r.meta) for r in run.records()],
+                [(r.values, r.kind, r.step, r.progress, r.meta) for r in expected]), lines[start:]
+    assert all(not r.event and r.wall_time is None for r in expected) and bar is None
 
 
 def test_learned_layouts_are_few_and_come_from_short_lines():

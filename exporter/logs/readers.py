@@ -151,15 +151,31 @@ class LineReader(Reader):
         stats.lines += len(lines)
         scans_events = self.scans_events and may_report_events("\n".join(lines))
         # Once a file's dialect is known, call it directly rather than through the detector.
-        parse = (getattr(self.parser, "chosen", None) or self.parser).parse
+        dialect = getattr(self.parser, "chosen", None) or self.parser
+        parse = dialect.parse
+        # Stretches of lines of one learned layout go to the state as runs, by column; a chunk
+        # where some line may report an event is read line by line, so events keep their place.
+        read_run = None if scans_events else getattr(dialect, "read_run", None)
         # Records go to the state in batches, one lock acquisition each, in the order read.
         pending: list[Record] = []
         # A progress bar's record, held back to ride on the next line's record: a tqdm redraw
         # comes before most metric lines, and the state applies a record's progress before its
         # values, so one record does what the two would, in the same order, for half the cost.
         bar: Record | None = None
+        i, count = 0, len(lines)
         try:
-            for line in lines:
+            while i < count:
+                if read_run is not None and bar is None:
+                    run = read_run(lines, i)
+                    if run is not None:
+                        if pending:
+                            state.apply_all(pending, when)
+                            pending = []
+                        state.apply_run(run, when)
+                        i += run.lines
+                        continue
+                line = lines[i]
+                i += 1
                 event = scan_events(line) if scans_events else None
                 if event is not None:
                     if bar is not None:

@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..logs.formats.base import Event, Kind, Record
+from ..logs.formats.base import Event, Kind, Record, Run
 from .vocabulary import Vocabulary, normalise
 
 # Canonical values that have a dedicated metric; every other key goes to the generic gauge.
@@ -130,6 +130,81 @@ class SourceState:
             apply = self._apply
             for record in records:
                 apply(record, record.wall_time if record.wall_time is not None else observed_at)
+
+    def apply_run(self, run: Run, observed_at: float) -> None:
+        """``apply_all(run.records(), observed_at)``, by column where that gives the same state:
+        the usual stretch of a log, steps going up, every value finite, one name per key."""
+        with self._lock:
+            if not self._apply_run(run, observed_at):
+                for record in run.records():
+                    self._apply(record, observed_at)
+
+    def _apply_run(self, run: Run, when: float) -> bool:
+        """Apply the run by column, or do nothing and return False when that could differ from
+        applying its records one by one (a rewritten file being replayed, a step going back, a
+        progress bar of another total, a NaN to count per step, two keys of one name)."""
+        rows, steps, progress = run.rows, run.steps, run.progress
+        if self._replay_through is not None or not run.keys or (steps is not None and progress is not None):
+            return False
+        known, vocabulary = self.vocabulary.names(_TRAIN), self.vocabulary
+        names = [known.get(key) or vocabulary.name(key, _TRAIN) for key in run.keys]
+        if len(set(names)) != len(names):
+            return False
+        columns = list(zip(*rows))
+        for column in columns:
+            # The sum of finite values is finite unless it overflows; either way, count by record.
+            if math.isinf(total := sum(column)) or total != total:
+                return False
+        if progress is not None:
+            total = progress[0][1]
+            if self._progress is not None and total < self._progress[1]:
+                return False
+            if any(bar[1] != total for bar in progress):
+                return False
+            advancing = None if self._seen_explicit_step else [done for done, _ in progress]
+        else:
+            advancing = steps
+        if advancing is not None:
+            if advancing[0] == self._step:
+                advancing = advancing[1:]  # the step the state is at already: no advance
+            if not _rising(advancing, self._step):
+                return False
+
+        # From here on the run is applied: the same changes as its records', in effect.
+        count = len(rows)
+        self._last_record_time = when
+        self._records["train"] += count
+        if run.meta:
+            dropped = self._dropped_keys_total
+            for key, value in run.meta.items():
+                self._set_meta(key, value)
+            self._dropped_keys_total += (self._dropped_keys_total - dropped) * (count - 1)
+        if progress is not None:
+            self._progress = progress[-1]
+        if steps is not None:
+            self._seen_explicit_step = True
+        if advancing:
+            self._last_progress_time = when
+            self._advances.extend((when, step) for step in advancing[-self._advances.maxlen:])
+            self._step = advancing[-1]
+            if self._highest_step is None or self._step > self._highest_step:
+                self._highest_step = self._step
+        elif not self._seen_explicit_step and self._progress is None:
+            self._last_progress_time = when  # a dialect without steps or bars: each line is progress
+
+        values, extra, counts = self._values, self._extra, self._key_counts if self._keep_history else None
+        for name, column in zip(names, columns):
+            if name in _DEDICATED_SET or name in extra or len(extra) < self.settings.max_keys:
+                (values if name in _DEDICATED_SET else extra)[name] = column[-1]
+            else:
+                self._dropped_keys_total += count
+            if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
+                counts[name] = counts.get(name, 0) + count
+        if "loss" in names:
+            judge = self._judge_spike
+            for loss in columns[names.index("loss")]:
+                judge(loss)
+        return True
 
     def _apply(self, record: Record, when: float) -> None:
         # The hot path of reading a log: written for speed (locals, identity tests, the enums'
@@ -342,6 +417,16 @@ class SourceState:
                 best_history=list(self._best_history),
                 key_counts=dict(self._key_counts),
             )
+
+
+def _rising(steps: list[int], after: int | None) -> bool:
+    """Each step above the one before it, the first above ``after``."""
+    previous = after
+    for step in steps:
+        if previous is not None and step <= previous:
+            return False
+        previous = step
+    return True
 
 
 def _median(ordered: list[float]) -> float:

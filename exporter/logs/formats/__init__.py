@@ -8,13 +8,17 @@ Line formats share one small interface::
 
 ``parse`` raises ``ParseError`` when a line is clearly of its dialect but cannot be read; the
 caller counts and skips it.
+
+A format that learns the layouts of its metrics lines may also offer ``read_run(lines, start)``:
+the ``Run`` of lines from ``lines[start]`` on that its learned layouts read as training records,
+or None. A run reads the lines exactly as ``parse`` would, only without a record per line.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from .base import Event, Kind, ParseError, Record
+from .base import Event, Kind, ParseError, Record, Run
 from .csvlog import KerasCsv, LightningCsv
 from .deepspeed import DeepSpeed
 from .fairseq import Fairseq
@@ -66,4 +70,5 @@ __all__ = [
     "LineFormat",
     "ParseError",
     "Record",
+    "Run",
 ]

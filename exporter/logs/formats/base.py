@@ -42,6 +42,34 @@ class Record:
     wall_time: float | None = None
 
 
+@dataclass(slots=True)
+class Run:
+    """Consecutive lines that all read by one learned layout as training records, by column.
+
+    A log repeats one layout line after line; a run lets the state take a stretch of such lines
+    without a ``Record`` per line. ``records()`` lists the records the lines read one by one
+    give, and applying the run must do what applying them in order does.
+    """
+
+    keys: tuple[str, ...]
+    rows: list[tuple[float, ...]]  # each line's values, in the order of ``keys``
+    lines: int  # lines read, progress-bar lines included
+    steps: list[int] | None = None  # each row's step, when the lines print one
+    progress: list[tuple[int, int]] | None = None  # each row's progress bar, when one comes first
+    meta: dict[str, float | str] | None = None  # what every line says alike (Megatron's max_steps)
+
+    def records(self) -> list[Record]:
+        keys, steps, progress, meta = self.keys, self.steps, self.progress, self.meta
+        return [Record(values=dict(zip(keys, row)), kind=Kind.TRAIN,
+                       step=steps[i] if steps is not None else None,
+                       progress=progress[i] if progress is not None else None,
+                       meta=dict(meta) if meta else {})
+                for i, row in enumerate(self.rows)]
+
+
+# Lines taken into one run at most: the state applies a run under its lock.
+MAX_RUN = 1024
+
 # Parsers learn the layout of the lines they read often (the keys of a metrics line, in order)
 # and read lines of that layout by one regular expression. Only short lines are learned from:
 # metrics lines are, and a layout keeps its keys.

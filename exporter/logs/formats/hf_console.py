@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, MAX_RUN, Kind, ParseError, Record, Run, to_float
 from .events import MAX_LINE, parse_progress_bar
 
 # Keys the Trainer itself puts in its logs. A dict without any of them is some other print
@@ -85,6 +85,49 @@ class HuggingFaceConsole:
             if shape is not None:
                 self._shapes.append(shape)
         return [record]
+
+
+    def read_run(self, lines: list[str], start: int) -> Run | None:
+        """Training dict lines of one learned shape from ``lines[start]`` on, each with the
+        progress bar drawn on the line before it or each without one: what ``parse`` reads
+        them as, with each bar's progress on the dict after it, as the reader merges them."""
+        end = min(len(lines), start + 2 * MAX_RUN)
+        with_bars = lines[start][:1] != "{"
+        first = start + 1 if with_bars else start
+        if first >= end or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
+            return None
+        for shape in self._shapes:  # learned shapes never read the same line both
+            if shape.kind is Kind.TRAIN and shape.pattern.fullmatch(lines[first]):
+                break
+        else:
+            return None
+        keys, fullmatch = shape.keys, shape.pattern.fullmatch
+        rows: list[tuple[float, ...]] = []
+        progress: list[tuple[int, int]] = []
+        i = start
+        while i < end:
+            if with_bars:
+                # A line that parse reads as a bare progress bar: no dict in it, a bar's counter.
+                bar = lines[i]
+                done_total = parse_progress_bar(bar) if "{" not in bar else None
+                if done_total is None or i + 1 >= end:
+                    break
+                i += 1
+            line = lines[i]
+            found = fullmatch(line) if len(line) <= MAX_LINE else None
+            if found is None:
+                break
+            try:
+                rows.append(tuple(map(float, found.groups())))
+            except ValueError:
+                break
+            if with_bars:
+                progress.append(done_total)
+            i += 1
+        if not rows:
+            return None
+        return Run(keys=keys, rows=rows, lines=len(rows) * (2 if with_bars else 1),
+                   progress=progress if with_bars else None)
 
 
 class _Shape:

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, MAX_RUN, Kind, ParseError, Record, Run, to_float
 
 # Metrics lines are small; anything this long is a dump of something else (or an attack).
 MAX_LINE_CHARS = 1 << 20
@@ -157,6 +157,40 @@ class JsonLines:
         if records and len(self._layouts) < MAX_LAYOUTS and len(text) <= MAX_LEARNED_LINE:
             self._learn(keys, obj, records[0])
         return records
+
+    def read_run(self, lines: list[str], start: int) -> Run | None:
+        """Objects from ``lines[start]`` on with the keys of one learned training layout and its
+        kind of values, each written without space around it: what ``parse`` reads them as."""
+        layout_keys: tuple[str, ...] | None = None
+        step_key: str | None = None
+        rows: list[tuple[float, ...]] = []
+        steps: list[int] = []
+        for line in lines[start:start + MAX_RUN]:
+            if line[:1] != "{" or line[-1:] != "}" or len(line) > MAX_LINE_CHARS:
+                break  # (parse would strip the line: this one has nothing to strip)
+            try:
+                obj, end = _raw_decode(line)
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                break
+            if end != len(line) or type(obj) is not dict:
+                break
+            keys = tuple(obj)
+            if layout_keys is None:
+                layout = self._layouts.get(keys)
+                if layout is None or layout[1] is not Kind.TRAIN:
+                    return None
+                layout_keys, step_key = keys, layout[0]
+            elif keys != layout_keys:
+                break
+            step = obj.pop(step_key) if step_key is not None else 0
+            if type(step) is not int or abs(step) >= _INT64 or not _FLOAT.issuperset(map(type, obj.values())):
+                break
+            rows.append(tuple(obj.values()))
+            steps.append(step)
+        if not rows:
+            return None
+        return Run(keys=tuple(key for key in layout_keys if key != step_key), rows=rows, lines=len(rows),
+                   steps=steps if step_key is not None else None)
 
     def _learn(self, keys: tuple[str, ...], obj: dict, record: Record) -> None:
         step_keys = _STEP_KEY_SET.intersection(keys)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .base import MAX_LEARNED_LINE, Kind, ParseError, Record, to_float
+from .base import MAX_LEARNED_LINE, MAX_RUN, Kind, ParseError, Record, Run, to_float
 from .events import MAX_LINE
 
 # Bounded quantifiers keep the search linear however long the line.
@@ -68,6 +68,43 @@ class Megatron:
             if bar >= 0:
                 return [self._validation(line[validation.end():bar], line[bar + 1:], line)]
         return []
+
+    def read_run(self, lines: list[str], start: int) -> Run | None:
+        """The iteration lines from ``lines[start]`` on that one learned layout reads, as
+        ``parse`` reads them: each ends the run unless it has the layout, plain numbers and the
+        first line's ``max_steps``, and does not need ``parse``'s NaN-loss rule."""
+        line = lines[start]
+        match = _ITERATION.search(line) if len(line) <= MAX_LINE else None
+        if match is None:
+            return None
+        for shape in self._shapes:  # learned layouts never read the same text both
+            if shape.pattern.fullmatch(line, match.end()):
+                break
+        else:
+            return None
+        names, fullmatch, search = shape.names, shape.pattern.fullmatch, _ITERATION.search
+        total = match.group(2)
+        nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
+        rows: list[tuple[float, ...]] = []
+        steps: list[int] = []
+        for line in lines[start:start + MAX_RUN]:
+            match = search(line) if len(line) <= MAX_LINE else None
+            if match is None or match.group(2) != total:
+                break
+            found = fullmatch(line, match.end())
+            if found is None:
+                break
+            try:
+                row = tuple(map(float, found.groups()))
+            except ValueError:
+                break
+            if nan_count is not None and row[nan_count] > 0:
+                break
+            rows.append(row)
+            steps.append(int(match.group(1)))
+        if not rows:
+            return None
+        return Run(keys=names, rows=rows, lines=len(rows), steps=steps, meta={"max_steps": int(total)})
 
     def _training(self, line: str, match: re.Match[str]) -> Record:
         values = self._read_fields(line[match.end():])
