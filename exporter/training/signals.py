@@ -201,9 +201,7 @@ class SourceState:
             if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
                 counts[name] = counts.get(name, 0) + count
         if "loss" in names:
-            judge = self._judge_spike
-            for loss in columns[names.index("loss")]:
-                judge(loss)
+            self._judge_spikes(columns[names.index("loss")])
         return True
 
     def _apply(self, record: Record, when: float) -> None:
@@ -276,7 +274,7 @@ class SourceState:
         if replay:
             return
         if saw_loss and kind is _TRAIN:
-            self._judge_spike(values["loss"])
+            self._judge_spikes((values["loss"],))
         if saw_monitor and kind is _EVAL:
             value = values[monitor] if monitor in values else extra.get(monitor)
             if value is not None:
@@ -342,19 +340,25 @@ class SourceState:
             return
         target[name] = value
 
-    def _judge_spike(self, loss: float) -> None:
-        if loss - loss:  # NaN or an infinity
-            return
-        window, ordered = self._recent_losses, self._recent_sorted
-        if len(window) >= self.settings.spike_min_points:
-            middle = len(ordered) // 2  # the median, inline: this runs for every training line
-            baseline = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-            if baseline > 0 and loss >= self.settings.spike_factor * baseline:
-                self._spikes_total += 1
-        if len(window) == window.maxlen:
-            del ordered[bisect.bisect_left(ordered, window[0])]
-        window.append(loss)
-        bisect.insort(ordered, loss)
+    def _judge_spikes(self, losses) -> None:
+        """Each training loss in turn against the median of the finite losses before it."""
+        window, ordered, settings = self._recent_losses, self._recent_sorted, self.settings
+        factor, min_points, insort, bisect_left = settings.spike_factor, settings.spike_min_points, bisect.insort, bisect.bisect_left
+        spikes = 0
+        for loss in losses:
+            if loss - loss:  # NaN or an infinity
+                continue
+            size = len(window)  # the ordered copy is as long
+            if size >= min_points:
+                middle = size // 2  # the median, inline: this runs for every training line
+                baseline = ordered[middle] if size % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+                if baseline > 0 and loss >= factor * baseline:
+                    spikes += 1
+            if size == window.maxlen:
+                del ordered[bisect_left(ordered, window[0])]
+            window.append(loss)
+            insort(ordered, loss)
+        self._spikes_total += spikes
 
     def _judge_evaluation(self, value: float, step: int | None) -> None:
         """EarlyStopping's rule: improvement means beating the best by more than min_delta."""
