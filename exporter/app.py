@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -121,6 +122,11 @@ def serve(config: Config, on_started=None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     exporter.start()
+    # What exists now (modules, collectors, the server) lives as long as the process. Frozen,
+    # it is left out of the collector's full passes, which otherwise walk it all every few dozen
+    # scrapes: 10 ms each, the slowest 1% of scrapes.
+    gc.collect()
+    gc.freeze()
     host, port = exporter.server.httpd.server_address[:2]
     scheme = "https" if exporter.server.httpd.tls else "http"
     log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host or "0.0.0.0", port, len(config.logs))

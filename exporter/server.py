@@ -102,6 +102,9 @@ class _Result:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"training-exporter/{__version__}"
+    # Buffered: the status line, headers and body leave in one write when the response ends,
+    # not a write each.
+    wbufsize = 1 << 16
     scrapes: Scrapes
     is_ready: Callable[[], bool]
     security: WebSecurity | None = None
