@@ -54,13 +54,6 @@ def _escape_value(value: str) -> str:
     return value
 
 
-def _number(value) -> str:
-    value = float(value)
-    if -math.inf < value < 1e6:  # the common case, where repr is what Go would write
-        return repr(value)
-    return floatToGoString(value)  # NaN, infinities, and large numbers, which Go writes as 1.5e+07
-
-
 def render(registry: CollectorRegistry) -> bytes:
     metrics = list(registry.collect())
     try:
@@ -70,8 +63,11 @@ def render(registry: CollectorRegistry) -> bytes:
 
 
 def _render(metrics) -> bytes:
+    # The loop runs once per sample: the names' check, the number's text and the label set's
+    # text are inlined for their common cases.
     out: list[str] = []
     append = out.append
+    valid_names, label_texts, inf = _valid_metric_names, _label_texts, math.inf
     for metric in metrics:
         suffix, kind = _TYPES.get(metric.type, ("", metric.type))
         name = _name(metric.name + suffix)
@@ -79,14 +75,20 @@ def _render(metrics) -> bytes:
         append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n")
         openmetrics_only = {metric.name + s for s in _OPENMETRICS_SUFFIXES}
         for sample in metric.samples:
-            sample_name = sample.name
-            if sample_name in openmetrics_only or sample.timestamp is not None:
+            sample_name, labels, value = sample[0], sample[1], sample[2]
+            if sample_name in openmetrics_only or sample[3] is not None:  # OpenMetrics only, or a timestamp
                 raise _Unusual
-            labels = sample.labels
+            if sample_name not in valid_names:
+                _name(sample_name)
+            value = float(value)
+            # Below a million, repr is what Go writes; NaN, the infinities and large numbers
+            # (which Go writes as 1.5e+07) take prometheus_client's conversion.
+            number = repr(value) if -inf < value < 1e6 else floatToGoString(value)
             if labels:
-                append(f"{_name(sample_name)}{_label_text(labels)} {_number(sample.value)}\n")
+                label_text = label_texts.get(tuple(labels.items())) or _label_text(labels)
+                append(f"{sample_name}{label_text} {number}\n")
             else:
-                append(f"{_name(sample_name)} {_number(sample.value)}\n")
+                append(f"{sample_name} {number}\n")
     return "".join(out).encode("utf-8")
 
 

@@ -102,6 +102,9 @@ class _Result:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"training-exporter/{__version__}"
+    # Persistent connections, as Prometheus uses them: a scrape then costs no new connection
+    # and no new thread. A connection idle for REQUEST_TIMEOUT_SECONDS is closed.
+    protocol_version = "HTTP/1.1"
     # Buffered: the status line, headers and body leave in one write when the response ends,
     # not a write each.
     wbufsize = 1 << 16
@@ -157,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:  # asked for by the client, or an HTTP/1.0 one
+            self.send_header("Connection", "close")
         if self.security is not None:
             for name, value in self.security.headers.items():
                 self.send_header(name, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -59,6 +60,28 @@ def test_gzip_when_asked(tmp_path, exporter_process):
     response = requests.get(exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
     assert response.headers["Content-Encoding"] == "gzip"
     assert "training_loss" in response.text
+
+
+def test_one_connection_serves_scrape_after_scrape(tmp_path, exporter_process):
+    # Prometheus keeps its connection to a target open between scrapes: the responses come on
+    # the same connection (HEAD's without a body) until the client asks for it to be closed.
+    log = tmp_path / "train.jsonl"
+    append(log, jsonl(step=1, loss=1.0))
+    exporter = exporter_process("--log", str(log), *HW_OFF)
+    exporter.wait_ready()
+    connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=5)
+    bodies = []
+    for method in ("GET", "HEAD", "GET"):
+        connection.request(method, "/metrics")
+        response = connection.getresponse()
+        bodies.append(response.read())
+        assert response.status == 200 and response.version == 11 and not response.will_close
+        if method == "GET":
+            sock = connection.sock
+    assert connection.sock is sock and bodies[1] == b"" and b"training_loss" in bodies[0] and b"training_loss" in bodies[2]
+    connection.request("GET", "/metrics", headers={"Connection": "close"})
+    assert connection.getresponse().will_close
+    connection.close()
 
 
 def test_waits_for_a_log_that_does_not_exist_yet(tmp_path, exporter_process):

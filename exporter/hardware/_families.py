@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator, Mapping
 
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 # name -> (type, help). Counters are declared with their ``_total`` sample name.
 Specs = Mapping[str, tuple[str, str]]
@@ -29,7 +30,7 @@ class Families:
             family_name = name[: -len("_total")] if kind == "counter" else name
             family = Metric(family_name, help_text, kind)
             self._families[name] = family
-        family.add_sample(name, dict(labels or {}), float(value))
+        family.samples.append(Sample(name, dict(labels) if labels else {}, float(value)))
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
