@@ -623,6 +623,18 @@ def test_a_run_reads_its_lines_as_parse_does(data, fmt):
     assert all(not r.event and r.wall_time is None for r in expected) and bar is None
 
 
+def test_a_line_a_run_could_not_take_is_parsed_as_itself():
+    # read_run keeps the object of a line it decoded but could not take, for parse of that line.
+    parser = jsonl.JsonLines()
+    parser.parse('{"step": 1, "loss": 1.0}')  # a training layout learned
+    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0) is None
+    (record,) = parser.parse('{"step": 3, "acc": 4.0}')  # another line: read as itself
+    assert (record.values, record.step) == ({"acc": 4.0}, 3)
+    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0) is None
+    (record,) = parser.parse('{"step": 2, "eval_loss": 3.0}')
+    assert (record.values, record.step, record.kind) == ({"eval_loss": 3.0}, 2, base.Kind.EVAL)
+
+
 def test_learned_layouts_are_few_and_come_from_short_lines():
     # A log inventing a new layout on every line, or very long ones, must not grow what the
     # parsers keep: a few layouts each, learned from lines of a metrics line's length.

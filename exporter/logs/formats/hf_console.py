@@ -86,7 +86,6 @@ class HuggingFaceConsole:
                 self._shapes.append(shape)
         return [record]
 
-
     def read_run(self, lines: list[str], start: int) -> Run | None:
         """Training dict lines of one learned shape from ``lines[start]`` on, each with the
         progress bar drawn on the line before it or each without one: what ``parse`` reads
@@ -96,7 +95,7 @@ class HuggingFaceConsole:
         first = start + 1 if with_bars else start
         if first >= end or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
             return None
-        for shape in self._shapes:  # learned shapes never read the same line both
+        for shape in self._shapes:  # no two learned shapes read the same line
             if shape.kind is Kind.TRAIN and shape.pattern.fullmatch(lines[first]):
                 break
         else:

@@ -130,6 +130,9 @@ class JsonLines:
         # values were all floats but for an int step: the next object with those keys and such
         # values is a record without any of the general path's questions.
         self._layouts: dict[tuple[str, ...], tuple[str | None, Kind]] = {}
+        # The line read_run decoded last and could not take, with its object, so that parse,
+        # called next on that line, does not decode it again.
+        self._decoded: tuple[str, dict] | None = None
 
     def parse(self, line: str | bytes) -> list[Record]:
         if isinstance(line, (bytes, bytearray)):
@@ -142,7 +145,8 @@ class JsonLines:
             return []  # not ours: plain text, arrays, blank lines
         if len(text) > MAX_LINE_CHARS:
             raise ParseError(f"JSON line of {len(text)} characters")
-        obj = _loads_stripped(text)
+        decoded, self._decoded = self._decoded, None
+        obj = decoded[1] if decoded is not None and decoded[0] == text else _loads_stripped(text)
         if not isinstance(obj, dict):
             raise ParseError("JSON line is not an object")
         keys = tuple(obj)
@@ -161,11 +165,14 @@ class JsonLines:
     def read_run(self, lines: list[str], start: int) -> Run | None:
         """Objects from ``lines[start]`` on with the keys of one learned training layout and its
         kind of values, each written without space around it: what ``parse`` reads them as."""
+        if not self._layouts:
+            return None  # nothing learned (yet, or at all: nested objects are not learned)
         layout_keys: tuple[str, ...] | None = None
         step_key: str | None = None
         rows: list[tuple[float, ...]] = []
         steps: list[int] = []
-        for line in lines[start:start + MAX_RUN]:
+        for index in range(start, min(len(lines), start + MAX_RUN)):  # (a slice would copy)
+            line = lines[index]
             if line[:1] != "{" or line[-1:] != "}" or len(line) > MAX_LINE_CHARS:
                 break  # (parse would strip the line: this one has nothing to strip)
             try:
@@ -178,6 +185,7 @@ class JsonLines:
             if layout_keys is None:
                 layout = self._layouts.get(keys)
                 if layout is None or layout[1] is not Kind.TRAIN:
+                    self._decoded = (line, obj)
                     return None
                 layout_keys, step_key = keys, layout[0]
             elif keys != layout_keys:

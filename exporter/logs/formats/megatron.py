@@ -77,7 +77,7 @@ class Megatron:
         match = _ITERATION.search(line) if len(line) <= MAX_LINE else None
         if match is None:
             return None
-        for shape in self._shapes:  # learned layouts never read the same text both
+        for shape in self._shapes:  # no two learned layouts read the same text
             if shape.pattern.fullmatch(line, match.end()):
                 break
         else:
@@ -87,7 +87,8 @@ class Megatron:
         nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
         rows: list[tuple[float, ...]] = []
         steps: list[int] = []
-        for line in lines[start:start + MAX_RUN]:
+        for index in range(start, min(len(lines), start + MAX_RUN)):  # (a slice would copy)
+            line = lines[index]
             match = search(line) if len(line) <= MAX_LINE else None
             if match is None or match.group(2) != total:
                 break
