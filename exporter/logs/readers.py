@@ -162,32 +162,37 @@ class LineReader(Reader):
         # comes before most metric lines, and the state applies a record's progress before its
         # values, so one record does what the two would, in the same order, for half the cost.
         bar: Record | None = None
-        i, count = 0, len(lines)
+        # A run is looked for where one may start: at the chunk's start, and after a line that
+        # gave records; not on every line of a stretch of other output.
+        i, count, may_start_run = 0, len(lines), read_run is not None
         try:
             while i < count:
-                if read_run is not None and bar is None:
-                    run = read_run(lines, i)
-                    if run is not None:
+                run = read_run(lines, i) if may_start_run and bar is None else None
+                may_start_run = run is not None
+                if run is not None:
+                    i += run.lines
+                    if len(run.rows) > 1:
                         if pending:
                             state.apply_all(pending, when)
                             pending = []
                         state.apply_run(run, when)
-                        i += run.lines
                         continue
-                line = lines[i]
-                i += 1
-                event = scan_events(line) if scans_events else None
-                if event is not None:
-                    if bar is not None:
-                        pending.append(bar)
-                        bar = None
-                    pending.append(event)
-                try:
-                    records = parse(line)
-                except ParseError as error:
-                    stats.parse_errors += 1
-                    stats.error_examples.append((line[:200], str(error)[:200]))
-                    continue
+                    records, event = run.records(), None  # one line costs less as its record
+                else:
+                    line = lines[i]
+                    i += 1
+                    event = scan_events(line) if scans_events else None
+                    if event is not None:
+                        if bar is not None:
+                            pending.append(bar)
+                            bar = None
+                        pending.append(event)
+                    try:
+                        records = parse(line)
+                    except ParseError as error:
+                        stats.parse_errors += 1
+                        stats.error_examples.append((line[:200], str(error)[:200]))
+                        continue
                 if records:
                     first = records[0]
                     if bar is not None:
@@ -201,6 +206,7 @@ class LineReader(Reader):
                         bar = first
                         continue
                     pending += records
+                    may_start_run = read_run is not None
                     if len(pending) >= APPLY_BATCH:
                         state.apply_all(pending, when)
                         pending = []
