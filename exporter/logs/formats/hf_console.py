@@ -90,11 +90,11 @@ class HuggingFaceConsole:
         """Training dict lines of one learned shape from ``lines[start]`` on, each with the
         progress bar drawn on the line before it or each without one: what ``parse`` reads
         them as, with each bar's progress on the dict after it, as the reader merges them."""
-        end = min(len(lines), start + 2 * MAX_RUN)
         with_bars = lines[start][:1] != "{"
         first = start + 1 if with_bars else start
-        if first >= end or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
-            return None
+        if first >= len(lines) or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
+            return None  # (most often: a line of other output, and no dict after it)
+        end = min(len(lines), start + 2 * MAX_RUN)
         for shape in self._shapes:  # no two learned shapes read the same line
             if shape.kind is Kind.TRAIN and shape.pattern.fullmatch(lines[first]):
                 break
