@@ -579,7 +579,13 @@ def iterations(*steps: int, total: int = 1000, loss: str = "2.5") -> list[str]:
     ([bars_and_dicts("1/100", "2/100"), bars_and_dicts("3/100", "4/100")], "huggingface", 0),
     ([bars_and_dicts("1/100", "2/100"), [" 5%|▌   | 3/100 [00:01<00:02,  3.1it/s]{'loss': 9.0}", "{'loss': 1.5, 'k': 2.0}"]],
      "huggingface", 200),
+    ([["{'loss': 1.0, 'k': 2.0}"] * 2, ["{'loss': 1.0, 'k': 2.0}", "{'loss': 1.0, 'k': 2.0} Killed", "Killed",
+                                        "{'loss': 1.0, 'k': 2.0}", "{'loss': 1.0, 'OutOfMemoryError: CUDA': 2.0}"] * 2],
+     "huggingface", 200),
     ([iterations(1, 2), iterations(3, 4, 5)], "megatron", 0),
+    ([iterations(1, 2, 3, loss="2.5 | torch.OutOfMemoryError: 1.0"), iterations(4, 5, loss="2.5 | torch.OutOfMemoryError: 1.0")
+      + iterations(6, loss="2.5 | torch.OutOfMemoryError: inf") + iterations(7, 8, loss="2.5 | torch.OutOfMemoryError: 1.0")],
+     "megatron", 200),
     ([iterations(1, 2), iterations(3, 4, 5, total=7)], "megatron", 200),
     ([iterations(1, 2), [" validation loss at iteration 2 | lm loss value: 2.0 |"], iterations(2, 3, 4)], "megatron", 200),
     ([iterations(5, 6), iterations(3, 4, 5)], "megatron", 200),
@@ -591,7 +597,8 @@ def iterations(*steps: int, total: int = 1000, loss: str = "2.5") -> list[str]:
 ])
 def test_what_a_run_may_not_take_by_column(chunks, fmt, max_keys):
     # A bar of another total, a step that stays or goes back, a cap reached, an infinity, a sum
-    # that overflows, two keys of one name, a bar with a dict glued on: each read as the lines'
+    # that overflows, two keys of one name, a bar with a dict glued on, a line that is a record and
+    # reports an event (in the middle of a run of its layout, too): each read as the lines'
     # records, one by one, would leave the state.
     assert_read_as_one_by_one(chunks, fmt, max_keys, keep_history=True)
 
@@ -606,7 +613,7 @@ def test_a_run_reads_its_lines_as_parse_does(data, fmt):
     for line in lines[:data.draw(st.integers(0, len(lines)))]:
         outcome(learner.parse, line)
     start = data.draw(st.integers(0, len(lines) - 1))
-    run = learner.read_run(lines, start)
+    run = learner.read_run(lines, start, len(lines))
     if run is None:
         return
     assert 1 <= run.lines <= len(lines) - start
@@ -627,10 +634,10 @@ def test_a_line_a_run_could_not_take_is_parsed_as_itself():
     # read_run keeps the object of a line it decoded but could not take, for parse of that line.
     parser = jsonl.JsonLines()
     parser.parse('{"step": 1, "loss": 1.0}')  # a training layout learned
-    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0) is None
+    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0, 1) is None
     (record,) = parser.parse('{"step": 3, "acc": 4.0}')  # another line: read as itself
     assert (record.values, record.step) == ({"acc": 4.0}, 3)
-    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0) is None
+    assert parser.read_run(['{"step": 2, "eval_loss": 3.0}'], 0, 1) is None
     (record,) = parser.parse('{"step": 2, "eval_loss": 3.0}')
     assert (record.values, record.step, record.kind) == ({"eval_loss": 3.0}, 2, base.Kind.EVAL)
 

@@ -153,9 +153,14 @@ class LineReader(Reader):
         # Once a file's dialect is known, call it directly rather than through the detector.
         dialect = getattr(self.parser, "chosen", None) or self.parser
         parse = dialect.parse
-        # Stretches of lines of one learned layout go to the state as runs, by column; a chunk
-        # where some line may report an event is read line by line, so events keep their place.
-        read_run = None if scans_events else getattr(dialect, "read_run", None)
+        # Stretches of lines of one learned layout go to the state as runs, by column; a line
+        # that reports an event is read on its own, so that its event keeps its place.
+        read_run = getattr(dialect, "read_run", None)
+        events = [scan_events(line) for line in lines] if scans_events else None
+        # The lines that report an event, then the chunk's end: a run stops before the next one.
+        stops = [index for index, event in enumerate(events) if event is not None] if events else []
+        stops.append(len(lines))
+        next_stop = 0
         # Records go to the state in batches, one lock acquisition each, in the order read.
         pending: list[Record] = []
         # A progress bar's record, held back to ride on the next line's record: a tqdm redraw
@@ -167,7 +172,12 @@ class LineReader(Reader):
         i, count, may_start_run = 0, len(lines), read_run is not None
         try:
             while i < count:
-                run = read_run(lines, i) if may_start_run and bar is None else None
+                run = None
+                if may_start_run and bar is None:
+                    while stops[next_stop] < i:
+                        next_stop += 1
+                    if stops[next_stop] > i:
+                        run = read_run(lines, i, stops[next_stop])
                 may_start_run = run is not None
                 if run is not None:
                     i += run.lines
@@ -180,8 +190,8 @@ class LineReader(Reader):
                     records, event = run.records(), None  # one line costs less as its record
                 else:
                     line = lines[i]
+                    event = events[i] if events is not None else None
                     i += 1
-                    event = scan_events(line) if scans_events else None
                     if event is not None:
                         if bar is not None:
                             pending.append(bar)

@@ -9,9 +9,10 @@ Line formats share one small interface::
 ``parse`` raises ``ParseError`` when a line is clearly of its dialect but cannot be read; the
 caller counts and skips it.
 
-A format that learns the layouts of its metrics lines may also offer ``read_run(lines, start)``:
-the ``Run`` of lines from ``lines[start]`` on that its learned layouts read as training records,
-or None. A run reads the lines exactly as ``parse`` would, only without a record per line.
+A format that learns the layouts of its metrics lines may also offer ``read_run(lines, start,
+end)``: the ``Run`` of lines from ``lines[start]`` on, before ``lines[end]``, that its learned
+layouts read as training records, or None. A run reads the lines exactly as ``parse`` would, only
+without a record per line.
 """
 
 from __future__ import annotations

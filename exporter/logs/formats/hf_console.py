@@ -86,15 +86,16 @@ class HuggingFaceConsole:
                 self._shapes.append(shape)
         return [record]
 
-    def read_run(self, lines: list[str], start: int) -> Run | None:
-        """Training dict lines of one learned shape from ``lines[start]`` on, each with the
-        progress bar drawn on the line before it or each without one: what ``parse`` reads
-        them as, with each bar's progress on the dict after it, as the reader merges them."""
+    def read_run(self, lines: list[str], start: int, end: int) -> Run | None:
+        """Training dict lines of one learned shape from ``lines[start]`` on, before
+        ``lines[end]``, each with the progress bar drawn on the line before it or each without
+        one: what ``parse`` reads them as, with each bar's progress on the dict after it, as the
+        reader merges them."""
         with_bars = lines[start][:1] != "{"
         first = start + 1 if with_bars else start
-        if first >= len(lines) or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
+        if first >= end or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
             return None  # (most often: a line of other output, and no dict after it)
-        end = min(len(lines), start + 2 * MAX_RUN)
+        end = min(end, start + 2 * MAX_RUN)
         for shape in self._shapes:  # no two learned shapes read the same line
             if shape.kind is Kind.TRAIN and shape.pattern.fullmatch(lines[first]):
                 break

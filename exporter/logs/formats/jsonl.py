@@ -162,16 +162,17 @@ class JsonLines:
             self._learn(keys, obj, records[0])
         return records
 
-    def read_run(self, lines: list[str], start: int) -> Run | None:
-        """Objects from ``lines[start]`` on with the keys of one learned training layout and its
-        kind of values, each written without space around it: what ``parse`` reads them as."""
+    def read_run(self, lines: list[str], start: int, end: int) -> Run | None:
+        """Objects from ``lines[start]`` on, before ``lines[end]``, with the keys of one learned
+        training layout and its kind of values, each written without space around it: what
+        ``parse`` reads them as."""
         if not self._layouts:
             return None  # nothing learned (yet, or at all: nested objects are not learned)
         layout_keys: tuple[str, ...] | None = None
         step_key: str | None = None
         rows: list[tuple[float, ...]] = []
         steps: list[int] = []
-        for index in range(start, min(len(lines), start + MAX_RUN)):  # (a slice would copy)
+        for index in range(start, min(end, start + MAX_RUN)):  # (a slice would copy)
             line = lines[index]
             if line[:1] != "{" or line[-1:] != "}" or len(line) > MAX_LINE_CHARS:
                 break  # (parse would strip the line: this one has nothing to strip)

@@ -70,10 +70,10 @@ class Megatron:
                 return [self._validation(line[validation.end():bar], line[bar + 1:], line)]
         return []
 
-    def read_run(self, lines: list[str], start: int) -> Run | None:
-        """The iteration lines from ``lines[start]`` on that one learned layout reads, as
-        ``parse`` reads them: each ends the run unless it has the layout, plain numbers and the
-        first line's ``max_steps``, and does not need ``parse``'s NaN-loss rule."""
+    def read_run(self, lines: list[str], start: int, end: int) -> Run | None:
+        """The iteration lines from ``lines[start]`` on, before ``lines[end]``, that one learned
+        layout reads, as ``parse`` reads them: each ends the run unless it has the layout, plain
+        numbers and the first line's ``max_steps``, and does not need ``parse``'s NaN-loss rule."""
         line = lines[start]
         match = _ITERATION.search(line) if "iteration" in line and len(line) <= MAX_LINE else None
         if match is None:
@@ -88,7 +88,7 @@ class Megatron:
         nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
         rows: list[tuple[float, ...]] = []
         steps: list[int] = []
-        for index in range(start, min(len(lines), start + MAX_RUN)):  # (a slice would copy)
+        for index in range(start, min(end, start + MAX_RUN)):  # (a slice would copy)
             line = lines[index]
             match = search(line) if "iteration" in line and len(line) <= MAX_LINE else None
             if match is None or match.group(2) != total:
