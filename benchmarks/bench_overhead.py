@@ -87,7 +87,7 @@ def main() -> int:
         proc.wait(timeout=5)
 
     cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / elapsed
-    print(f"| window | GPUs (fake) | series | CPU (% of one core) | RSS median | RSS max |")
+    print("| window | GPUs (fake) | series | CPU (% of one core) | RSS median | RSS max |")
     print("|---|---|---|---|---|---|")
     print(f"| {elapsed:.0f} s | {args.gpus} | {series} | {cpu * 100:.2f}% | "
           f"{statistics.median(rss) / 2**20:.1f} MiB | {max(rss) / 2**20:.1f} MiB |")

@@ -10,7 +10,6 @@ instead of the production defaults' minutes.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
