@@ -221,6 +221,38 @@ def test_cgroup_v1_no_limit_value_is_no_limit(tmp_path):
     assert values(fams, "training_host_read_errors_total") == []
 
 
+def test_the_cgroup_is_found_once_and_read_at_every_scrape(tmp_path):
+    # The readings change between scrapes; when the process moves to another cgroup, the old
+    # files go away (nothing is reported) and the new ones are found.
+    proc_cgroup, root = tmp_path / "self-cgroup", tmp_path / "cg"
+    proc_cgroup.write_text("0::/a\n")
+    write_tree(root, {"cgroup.controllers": "memory\n", "a/memory.max": "4096\n", "a/memory.current": "10\n"})
+    collector = HostCollector(cgroup_root=str(root), proc_cgroup=str(proc_cgroup))
+    assert value(scrape(collector), "training_container_memory_usage_bytes") == 10
+    (root / "a/memory.current").write_text("20\n")
+    assert value(scrape(collector), "training_container_memory_usage_bytes") == 20
+    proc_cgroup.write_text("0::/b\n")
+    (root / "a/memory.current").rename(root / "a/gone")
+    write_tree(root, {"b/memory.max": "4096\n", "b/memory.current": "30\n"})
+    fams = scrape(collector)
+    assert values(fams, "training_container_memory_usage_bytes") == [] and values(fams, "training_host_read_errors_total") == []
+    assert value(scrape(collector), "training_container_memory_usage_bytes") == 30
+
+
+def test_memory_from_meminfo_and_from_psutil_without_it(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n"
+                       "Buffers:          100 kB\nSwapTotal:       2000000 kB\nSwapFree:        1500000 kB\n")
+    assert host_module._meminfo(str(meminfo)) == {b"MemTotal": 16000000 * 1024, b"MemAvailable": 8000000 * 1024,
+                                                   b"SwapTotal": 2000000 * 1024, b"SwapFree": 1500000 * 1024}
+    assert host_module._meminfo(str(tmp_path / "missing")) is None
+    # A kernel before 3.14 has no MemAvailable: psutil works out an estimate instead.
+    monkeypatch.setattr(host_module, "_meminfo", lambda: {b"MemTotal": 1, b"SwapTotal": 2, b"SwapFree": 1})
+    fams = scrape(HostCollector())
+    assert value(fams, "training_host_memory_total_bytes") == psutil.virtual_memory().total
+    assert value(fams, "training_host_swap_used_bytes") == psutil.swap_memory().used
+
+
 def test_a_failing_group_does_not_hide_the_others(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise OSError("no /proc/net/dev")

@@ -66,23 +66,39 @@ def _read_key(path: str, key: str) -> int | None:
     return None
 
 
-def read_memory(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> CgroupMemory | None:
-    """The memory readings of this process's cgroup, or None without a cgroup filesystem."""
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """Where this process's memory cgroup files are: found once, read at every scrape."""
+
+    version: int
+    directory: str | None  # None: cgroup v2 at the root cgroup, which has no memory files
+
+    def read(self) -> CgroupMemory:
+        directory = self.directory
+        if directory is None:
+            return CgroupMemory(2, None, None, None)
+        if self.version == 2:
+            return CgroupMemory(2, _read_int(os.path.join(directory, "memory.max")),
+                                _read_int(os.path.join(directory, "memory.current")),
+                                _read_key(os.path.join(directory, "memory.events"), "oom_kill"))
+        limit = _read_int(os.path.join(directory, "memory.limit_in_bytes"))
+        return CgroupMemory(1, None if limit is None or limit >= V1_NO_LIMIT else limit,
+                            _read_int(os.path.join(directory, "memory.usage_in_bytes")),
+                            # oom_kill in memory.oom_control needs Linux 4.13 or later.
+                            _read_key(os.path.join(directory, "memory.oom_control"), "oom_kill"))
+
+
+def find_memory(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> MemoryCgroup | None:
+    """This process's memory cgroup, or None without a cgroup filesystem."""
     paths = own_cgroups(proc_cgroup)
     if os.path.exists(os.path.join(root, "cgroup.controllers")):  # v2 mounted at root
         # The root cgroup has no memory.current/memory.max: nothing to report there.
-        directory = _find(root, paths.get("", "/"), "memory.current")
-        if directory is None:
-            return CgroupMemory(2, None, None, None)
-        return CgroupMemory(2, _read_int(os.path.join(directory, "memory.max")),
-                            _read_int(os.path.join(directory, "memory.current")),
-                            _read_key(os.path.join(directory, "memory.events"), "oom_kill"))
-    v1_root = os.path.join(root, "memory")
-    directory = _find(v1_root, paths.get("memory", "/"), "memory.usage_in_bytes")
-    if directory is None:
-        return None
-    limit = _read_int(os.path.join(directory, "memory.limit_in_bytes"))
-    return CgroupMemory(1, None if limit is None or limit >= V1_NO_LIMIT else limit,
-                        _read_int(os.path.join(directory, "memory.usage_in_bytes")),
-                        # oom_kill in memory.oom_control needs Linux 4.13 or later.
-                        _read_key(os.path.join(directory, "memory.oom_control"), "oom_kill"))
+        return MemoryCgroup(2, _find(root, paths.get("", "/"), "memory.current"))
+    directory = _find(os.path.join(root, "memory"), paths.get("memory", "/"), "memory.usage_in_bytes")
+    return MemoryCgroup(1, directory) if directory is not None else None
+
+
+def read_memory(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> CgroupMemory | None:
+    """The memory readings of this process's cgroup, or None without a cgroup filesystem."""
+    found = find_memory(root, proc_cgroup)
+    return found.read() if found is not None else None

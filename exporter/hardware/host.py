@@ -51,6 +51,8 @@ SPECS = {
 # psutil's Linux CPU modes, as node_exporter names them. guest and guest_nice are left out:
 # the kernel already counts them inside user and nice.
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# What the memory readings need of /proc/meminfo: total, available, swap total, swap free.
+MEMINFO_KEYS = (b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree")
 # Block devices that are not disks: loop files, RAM disks, compressed RAM swap.
 VIRTUAL_DISKS = ("loop", "ram", "zram")
 
@@ -60,13 +62,15 @@ class HostCollector(Collector):
     filesystem_interval = 15.0  # seconds between statvfs checks once started
 
     def __init__(self, filesystem_paths: Iterable[str] = (), per_cpu: bool = False,
-                 cgroup_root: str = "/sys/fs/cgroup") -> None:
+                 cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> None:
         self.filesystem_paths = list(filesystem_paths)
         self.per_cpu = per_cpu
-        self.cgroup_root = cgroup_root
+        self.cgroup_root, self.proc_cgroup = cgroup_root, proc_cgroup
         self._errors: Counter[str] = Counter()
         self._usage: dict[str, tuple[float, int, int]] = {}  # path -> (checked at, free, size)
         self._warned_paths: set[str] = set()
+        self._memory_cgroup: cgroup.MemoryCgroup | None = None
+        self._cgroup_looked_up = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -120,17 +124,26 @@ class HostCollector(Collector):
 
     @staticmethod
     def _memory(fam: Families) -> None:
-        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
-        fam.add("training_host_memory_total_bytes", memory.total)
-        fam.add("training_host_memory_available_bytes", memory.available)
-        fam.add("training_host_swap_total_bytes", swap.total)
-        fam.add("training_host_swap_used_bytes", swap.used)
+        # The four numbers are all in /proc/meminfo, read once; psutil reads it twice and
+        # /proc/vmstat besides. psutil is the fallback: off Linux, or before MemAvailable (3.14).
+        info = _meminfo()
+        if info is not None and len(info) == len(MEMINFO_KEYS):
+            total, available, swap_total, swap_free = (info[key] for key in MEMINFO_KEYS)
+            swap_used = swap_total - swap_free
+        else:
+            memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+            total, available, swap_total, swap_used = memory.total, memory.available, swap.total, swap.used
+        fam.add("training_host_memory_total_bytes", total)
+        fam.add("training_host_memory_available_bytes", available)
+        fam.add("training_host_swap_total_bytes", swap_total)
+        fam.add("training_host_swap_used_bytes", swap_used)
 
     @staticmethod
     def _disk(fam: Families) -> None:
+        # psutil lists partitions too; only whole disks (in /sys/block) avoid double counting.
+        whole_disks = set(os.listdir("/sys/block")) if os.path.isdir("/sys/block") else set()
         for device, io in sorted((psutil.disk_io_counters(perdisk=True) or {}).items()):
-            # psutil lists partitions too; only whole disks (in /sys/block) avoid double counting.
-            if device.startswith(VIRTUAL_DISKS) or not os.path.exists(f"/sys/block/{device}"):
+            if device.startswith(VIRTUAL_DISKS) or device not in whole_disks:
                 continue
             fam.add("training_host_disk_read_bytes_total", io.read_bytes, {"device": device})
             fam.add("training_host_disk_written_bytes_total", io.write_bytes, {"device": device})
@@ -155,9 +168,16 @@ class HostCollector(Collector):
             fam.add("training_host_filesystem_size_bytes", size, {"path": path})
 
     def _cgroup(self, fam: Families) -> None:
-        memory = cgroup.read_memory(self.cgroup_root)
-        if memory is None:
+        # Where the cgroup's files are is looked up once (three files and a parse), and again
+        # only if they go away.
+        if not self._cgroup_looked_up:
+            self._memory_cgroup = cgroup.find_memory(self.cgroup_root, self.proc_cgroup)
+            self._cgroup_looked_up = True
+        if self._memory_cgroup is None:
             return
+        memory = self._memory_cgroup.read()
+        if memory.usage is None and self._memory_cgroup.directory is not None:
+            self._cgroup_looked_up = False
         if memory.limit is not None:
             fam.add("training_container_memory_limit_bytes", memory.limit)
         if memory.usage is not None:
@@ -182,3 +202,18 @@ class HostCollector(Collector):
                     log.warning("filesystem usage of %s unavailable: %s", path, exc)
                 continue
             self._usage[path] = (time.monotonic(), usage.free, usage.total)
+
+
+def _meminfo(path: str = "/proc/meminfo") -> dict[bytes, int] | None:
+    """MEMINFO_KEYS from /proc/meminfo, in bytes (the file says kB), or None where it is missing."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(b":")
+        if name in MEMINFO_KEYS:
+            values[name] = int(rest.split()[0]) * 1024
+    return values
