@@ -377,35 +377,48 @@ CONSOLE_LINES = ["  5%|▌   | 50/1000 [00:10<03:00,  5.0it/s]", " 30%|███
                  "{'loss': 2.3}  6%|▌   | 60/1000 [00:12<03:00,  5.0it/s]", "Killed", "some other line", "{'lo"]
 
 
+def state_of(state) -> dict:
+    """Everything a source's state holds, to compare two states whole."""
+    return {name: list(value) if isinstance(value, deque) else value for name, value in vars(state).items()
+            if name not in ("_lock", "vocabulary", "settings")}
+
+
+def assert_read_as_one_by_one(chunks: list[list[str]], fmt: str, max_keys: int = 200, keep_history: bool = False):
+    """Chunks read by the reader, each at its own time, leave the state that applying every
+    line's records on their own, in order, leaves."""
+    from exporter.logs.detect import line_format_for
+    from exporter.logs.readers import LineReader, LogSpec
+    from exporter.training.signals import SignalSettings, SourceState
+
+    def new_state():
+        settings = SignalSettings(spike_min_points=2, max_keys=max_keys)
+        return SourceState(settings, vocabulary.Vocabulary(), keep_history=keep_history)
+
+    reader = LineReader("/nonexistent/train.log", "train", new_state(), LogSpec("/nonexistent/train.log", fmt), 1 << 20)
+    expected, parser = new_state(), line_format_for("/nonexistent/train.log", fmt)
+    for when, chunk in enumerate(chunks, start=1000):
+        reader.observed_at = lambda: float(when)
+        reader._handle(chunk)
+        for line in chunk:
+            event = events.scan_events(line) if reader.scans_events else None
+            if event is not None:
+                expected.apply(event, when)
+            try:
+                records = (getattr(parser, "chosen", None) or parser).parse(line)
+            except ParseError:
+                continue
+            for record in records:
+                expected.apply(record, when)
+    assert same(state_of(reader.state), state_of(expected)), chunks
+
+
 @PROPERTY
 @given(st.lists(st.one_of(st.sampled_from(CONSOLE_LINES), st.sampled_from(REAL)), max_size=40),
        st.sampled_from(["huggingface", "auto"]))
 def test_a_chunk_of_lines_does_what_its_records_do_one_by_one(lines, fmt):
     # The reader holds a progress bar's record back and merges it into the next line's record;
     # the state must end up as if every record had been applied on its own, in order.
-    from exporter.logs.detect import line_format_for
-    from exporter.logs.readers import LineReader, LogSpec
-    from exporter.training.signals import SignalSettings, SourceState
-
-    def new_state():
-        return SourceState(SignalSettings(spike_min_points=2), vocabulary.Vocabulary())
-
-    reader = LineReader("/nonexistent/train.log", "train", new_state(), LogSpec("/nonexistent/train.log", fmt), 1 << 20)
-    reader.observed_at = lambda: 1000.0
-    reader._handle(lines)
-
-    expected, parser = new_state(), line_format_for("/nonexistent/train.log", fmt)
-    for line in lines:
-        event = events.scan_events(line)
-        if event is not None:
-            expected.apply(event, 1000.0)
-        try:
-            records = (getattr(parser, "chosen", None) or parser).parse(line)
-        except ParseError:
-            continue
-        for record in records:
-            expected.apply(record, 1000.0)
-    assert same(state_of(reader.state), state_of(expected)), lines
+    assert_read_as_one_by_one([lines], fmt)
 
 
 # Stretches of lines of one layout, as a run prints them, with what ends a run or makes the state
@@ -470,40 +483,6 @@ NOISE = {"huggingface": ["some other line", "{'a': 1}", "Killed", "{'eval_loss':
                          " 6%|▌   | 6/100 [00:12<03:00,  5.0it/s]{'loss': 2.3}"],
          "megatron": ["some other line", "Killed", " validation loss at iteration 4 | lm loss value: 2.0 |"],
          "jsonl": ["some other line", '{"step": 4, "eval_loss": 2.0}', '{"a": "b"}']}
-
-
-def state_of(state) -> dict:
-    """Everything a source's state holds, to compare two states whole."""
-    return {name: list(value) if isinstance(value, deque) else value for name, value in vars(state).items()
-            if name not in ("_lock", "vocabulary", "settings")}
-
-
-def assert_read_as_one_by_one(chunks: list[list[str]], fmt: str, max_keys: int = 200, keep_history: bool = False):
-    """Chunks read by the reader, each at its own time, leave the state that applying every
-    line's records on their own, in order, leaves."""
-    from exporter.logs.readers import LineReader, LogSpec
-    from exporter.training.signals import SignalSettings, SourceState
-
-    def new_state():
-        settings = SignalSettings(spike_min_points=2, max_keys=max_keys)
-        return SourceState(settings, vocabulary.Vocabulary(), keep_history=keep_history)
-
-    reader = LineReader("/nonexistent/train.log", "train", new_state(), LogSpec("/nonexistent/train.log", fmt), 1 << 20)
-    expected, parser = new_state(), LINE_FORMATS[fmt]()
-    for when, chunk in enumerate(chunks, start=1000):
-        reader.observed_at = lambda: float(when)
-        reader._handle(chunk)
-        for line in chunk:
-            event = events.scan_events(line) if fmt != "jsonl" else None
-            if event is not None:
-                expected.apply(event, when)
-            try:
-                records = parser.parse(line)
-            except ParseError:
-                continue
-            for record in records:
-                expected.apply(record, when)
-    assert same(state_of(reader.state), state_of(expected)), chunks
 
 
 @PROPERTY

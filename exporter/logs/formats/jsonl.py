@@ -110,6 +110,14 @@ def flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, float]:
     return out
 
 
+def _take_step(obj: dict, step_key: str | None) -> tuple[bool, int | None]:
+    """Pop a learned layout's step from ``obj``: whether the object holds the layout's kind of
+    values (an int step, or null; every other value a float), and the step."""
+    step = obj.pop(step_key) if step_key is not None else None
+    fits = (step is None or type(step) is int and abs(step) < _INT64) and _FLOAT.issuperset(map(type, obj.values()))
+    return fits, step
+
+
 def _split_says_eval(obj: dict) -> bool | None:
     for field in SPLIT_FIELDS:
         value = obj.get(field)
@@ -153,8 +161,8 @@ class JsonLines:
         layout = self._layouts.get(keys)
         if layout is not None:
             step_key, kind = layout
-            step = obj.pop(step_key) if step_key is not None else None
-            if (step is None or type(step) is int and abs(step) < _INT64) and _FLOAT.issuperset(map(type, obj.values())):
+            fits, step = _take_step(obj, step_key)
+            if fits:
                 return [Record(values=obj, kind=kind, step=step)]
             obj = _loads_stripped(text)  # not this layout's kind of values: read it afresh
         records = self._read(obj)
@@ -177,10 +185,10 @@ class JsonLines:
             if line[:1] != "{" or line[-1:] != "}" or len(line) > MAX_LINE_CHARS:
                 break  # (parse would strip the line: this one has nothing to strip)
             try:
-                obj, end = _raw_decode(line)
+                obj, decoded_to = _raw_decode(line)
             except (ValueError, TypeError, OverflowError, RecursionError):
                 break
-            if end != len(line) or type(obj) is not dict:
+            if decoded_to != len(line) or type(obj) is not dict:
                 break
             keys = tuple(obj)
             if layout_keys is None:
@@ -191,8 +199,8 @@ class JsonLines:
                 layout_keys, step_key = keys, layout[0]
             elif keys != layout_keys:
                 break
-            step = obj.pop(step_key) if step_key is not None else 0
-            if type(step) is not int or abs(step) >= _INT64 or not _FLOAT.issuperset(map(type, obj.values())):
+            fits, step = _take_step(obj, step_key)
+            if not fits or (step is None and step_key is not None):  # a run's steps are numbers
                 break
             rows.append(tuple(obj.values()))
             steps.append(step)

@@ -59,8 +59,7 @@ class Megatron:
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
-        # The substring test first: searching a line for the pattern costs ten times as much.
-        match = _ITERATION.search(line) if "iteration" in line else None
+        match = _iteration(line)
         if match:
             return [self._training(line, match)]
         validation = _VALIDATION.match(line)
@@ -74,26 +73,23 @@ class Megatron:
         """The iteration lines from ``lines[start]`` on, before ``lines[end]``, that one learned
         layout reads, as ``parse`` reads them: each ends the run unless it has the layout, plain
         numbers and the first line's ``max_steps``, and does not need ``parse``'s NaN-loss rule."""
-        line = lines[start]
-        match = _ITERATION.search(line) if "iteration" in line and len(line) <= MAX_LINE else None
-        if match is None:
-            return None
-        for shape in self._shapes:  # no two learned layouts read the same text
-            if shape.pattern.fullmatch(line, match.end()):
-                break
-        else:
-            return None
-        names, fullmatch, search = shape.names, shape.pattern.fullmatch, _ITERATION.search
-        total = match.group(2)
-        nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
+        shape: _FieldShape | None = None
         rows: list[tuple[float, ...]] = []
         steps: list[int] = []
         for index in range(start, min(end, start + MAX_RUN)):  # (a slice would copy)
             line = lines[index]
-            match = search(line) if "iteration" in line and len(line) <= MAX_LINE else None
-            if match is None or match.group(2) != total:
+            match = _iteration(line)
+            if match is None:
                 break
-            found = fullmatch(line, match.end())
+            if shape is None:  # the first line: its layout is the run's (no two read one text)
+                shape = next((s for s in self._shapes if s.pattern.fullmatch(line, match.end())), None)
+                if shape is None:
+                    return None
+                names, total = shape.names, match.group(2)
+                nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
+            elif match.group(2) != total:
+                break
+            found = shape.pattern.fullmatch(line, match.end())
             if found is None:
                 break
             try:
@@ -131,6 +127,12 @@ class Megatron:
         # The test split is evaluated once, after training: an end-of-run result.
         is_test = where.rstrip().endswith(("on test set", "for test data"))
         return Record(values=values, kind=Kind.SUMMARY if is_test else Kind.EVAL, step=step)
+
+
+def _iteration(line: str) -> re.Match[str] | None:
+    """The iteration counter of a training line. The substring test comes first: searching a
+    line for the pattern costs ten times as much."""
+    return _ITERATION.search(line) if "iteration" in line and len(line) <= MAX_LINE else None
 
 
 def _fields(text: str) -> dict[str, float]:
