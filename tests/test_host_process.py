@@ -313,7 +313,10 @@ def test_pid_file_rss_growth_children_exit_and_restart(tmp_path):
         assert rss_after - rss_before >= 150 * MIB, (rss_before, rss_after)
 
         first.send("spawn")
-        fams = wait_for(lambda: (f := scrape(collector)) and value(f, "training_process_children") == 1 and f)
+        # The worker is found as soon as it is forked; its interpreter takes a moment to load
+        # (just after exec it holds under 1 MiB), so the reading is awaited, not taken at once.
+        fams = wait_for(lambda: (f := scrape(collector)) and value(f, "training_process_children") == 1
+                        and values(f, "training_process_children_resident_memory_bytes")[0] > MIB and f)
         assert value(fams, "training_process_children_resident_memory_bytes") > MIB
 
         first.exit()
