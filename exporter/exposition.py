@@ -3,8 +3,10 @@ writes, at a third of its cost.
 
 ``generate_latest`` checks and escapes every metric and label name of every sample (since its
 UTF-8 name support), which made it most of a scrape's CPU time. The exporter's names are a few
-dozen constants, so each distinct name is checked once and remembered; label values, which may
-come from file names and logs, are escaped on every sample as before. A name that would need
+dozen constants, so each distinct name is checked once and remembered. The text of a series
+before its number (name, label names, escaped label values) is kept from one scrape to the next,
+for the same series come back every time. The exporter's own families (``family.py``) hand their
+series over as label pairs, which are that text's key as they are. A name that would need
 escaping, or an OpenMetrics-only sample, sends the whole scrape to ``generate_latest``.
 """
 
@@ -15,6 +17,8 @@ import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
+
+from .family import Family
 
 _TYPES = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "stateset": ("", "gauge"),
           "gaugehistogram": ("", "histogram"), "unknown": ("", "untyped")}
@@ -63,16 +67,24 @@ def render(registry: CollectorRegistry) -> bytes:
 
 
 def _render(metrics) -> bytes:
-    # The loop runs once per sample: the names' check, the number's text and the label set's
-    # text are inlined for their common cases.
+    # The loop runs once per series: the names' check and the number's text are inlined for
+    # their common cases, and a series' text before its number is looked up, not rebuilt.
     out: list[str] = []
     append = out.append
-    valid_names, label_texts, inf = _valid_metric_names, _label_texts, math.inf
+    valid_names, series_texts, inf = _valid_metric_names, _series_texts, math.inf
     for metric in metrics:
         suffix, kind = _TYPES.get(metric.type, ("", metric.type))
         name = _name(metric.name + suffix)
         documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n")
+        append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}")
+        if type(metric) is Family:
+            texts = series_texts.get(name) or _texts_of(name)
+            for labels, value in metric.series:
+                # Below a million, repr is what Go writes; NaN, the infinities and large numbers
+                # (which Go writes as 1.5e+07) take prometheus_client's conversion.
+                number = repr(value) if -inf < value < 1e6 else floatToGoString(value)
+                append((texts.get(labels) or _series_text(name, labels)) + number)
+            continue
         openmetrics_only = {metric.name + s for s in _OPENMETRICS_SUFFIXES}
         for sample in metric.samples:
             sample_name, labels, value = sample[0], sample[1], sample[2]
@@ -81,33 +93,39 @@ def _render(metrics) -> bytes:
             if sample_name not in valid_names:
                 _name(sample_name)
             value = float(value)
-            # Below a million, repr is what Go writes; NaN, the infinities and large numbers
-            # (which Go writes as 1.5e+07) take prometheus_client's conversion.
             number = repr(value) if -inf < value < 1e6 else floatToGoString(value)
-            if labels:
-                label_text = label_texts.get(tuple(labels.items())) or _label_text(labels)
-                append(f"{sample_name}{label_text} {number}\n")
-            else:
-                append(f"{sample_name} {number}\n")
-    return "".join(out).encode("utf-8")
+            key = tuple(labels.items())
+            append((series_texts.get(sample_name, {}).get(key) or _series_text(sample_name, key)) + number)
+    out.append("")
+    return "\n".join(out).encode("utf-8")
 
 
-# The same label sets come back at every scrape (a GPU's gpu and uuid, a log's source): their
-# text is kept, for a few thousand sets of modest length; this halves the time to render.
-_label_texts: dict[tuple, str] = {}
-_MAX_LABEL_TEXTS = 5000
-_MAX_CACHED_LABEL_TEXT = 300
+# The same series come back at every scrape (a GPU's gpu and uuid, a log's source): the text of
+# each before its number is kept, by sample name and label pairs, for a few thousand series of
+# modest length.
+_series_texts: dict[str, dict[tuple, str]] = {}
+_MAX_SERIES_TEXTS = 10_000
+_MAX_CACHED_SERIES_TEXT = 300
+_cached = 0
 
 
-def _label_text(labels: dict) -> str:
-    key = tuple(labels.items())
-    text = _label_texts.get(key)
-    if text is None:
-        text = "{" + ",".join(f'{_label_name(k)}="{_escape_value(v)}"' for k, v in sorted(key)) + "}"
-        if len(text) <= _MAX_CACHED_LABEL_TEXT:
-            if len(_label_texts) >= _MAX_LABEL_TEXTS:
-                _label_texts.clear()  # the sets in use come back at the next scrape
-            _label_texts[key] = text
+def _texts_of(name: str) -> dict[tuple, str]:
+    return _series_texts.setdefault(name, {})
+
+
+def _series_text(name: str, labels: tuple) -> str:
+    global _cached
+    if labels:
+        pairs = ",".join(f'{_label_name(k)}="{_escape_value(v)}"' for k, v in sorted(labels))
+        text = f"{name}{{{pairs}}} "
+    else:
+        text = f"{name} "
+    if len(text) <= _MAX_CACHED_SERIES_TEXT:
+        if _cached >= _MAX_SERIES_TEXTS:
+            _series_texts.clear()  # the series in use come back at the next scrape
+            _cached = 0
+        _texts_of(name)[labels] = text
+        _cached += 1
     return text
 
 

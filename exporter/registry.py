@@ -9,11 +9,11 @@ import time
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .collector_base import Collector, CollectorUnavailable
+from .family import Family
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,10 @@ class CollectorSet:
         self._reported: dict[str, str] = {}  # collector -> the failure last logged, to log each once
 
     def collect(self) -> Iterable[Metric]:
-        success = GaugeMetricFamily("training_exporter_collector_success",
-                                    "1 when the collector's last scrape succeeded.", labels=["collector"])
-        duration = GaugeMetricFamily("training_exporter_collector_duration_seconds",
-                                     "How long the collector's last scrape took.", labels=["collector"])
+        success = Family("training_exporter_collector_success", "1 when the collector's last scrape succeeded.",
+                         "gauge")
+        duration = Family("training_exporter_collector_duration_seconds", "How long the collector's last scrape took.",
+                          "gauge")
         for collector in self.collectors:
             started = time.perf_counter()
             try:
@@ -44,12 +44,13 @@ class CollectorSet:
             else:
                 self._reported.pop(collector.name, None)
             yield from families
-            success.add_metric([collector.name], ok)
-            duration.add_metric([collector.name], time.perf_counter() - started)
+            labels = (("collector", collector.name),)
+            success.add(labels, ok)
+            duration.add(labels, time.perf_counter() - started)
         yield success
         yield duration
-        build = InfoMetricFamily("training_exporter_build", "The exporter's version and runtime.")
-        build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+        build = Family("training_exporter_build", "The exporter's version and runtime.", "info")
+        build.add((("version", __version__), ("python_version", platform.python_version())), 1)
         yield build
 
     def _report(self, name: str, message: str) -> None:

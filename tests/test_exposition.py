@@ -15,7 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from exporter.app import make_collectors, make_follower
 from exporter.config import Config, LogConfig
+from exporter import exposition
 from exporter.exposition import _Fixed, _render, render
+from exporter.family import Family
 from exporter.hardware.gpu import GpuCollector
 from exporter.registry import build_registry
 
@@ -90,6 +92,23 @@ def test_what_it_cannot_write_itself_goes_to_prometheus_client():
                           st.text(max_size=20)), min_size=1, max_size=10))
 def test_any_value_and_label_value(pairs):
     metric = GaugeMetricFamily("g", "g", labels=["key"])
+    ours = {kind: Family(f"f_{kind}", "f", kind) for kind in ("gauge", "counter", "info")}
     for number, text in pairs:
         metric.add_metric([text], number)
-    same_as_prometheus_client([metric])
+        for family in ours.values():
+            family.add((("z", "1"), ("key", text)), number)
+    same_as_prometheus_client([metric, *ours.values()])
+
+
+def test_series_texts_kept_are_bounded_and_right_when_dropped(monkeypatch):
+    monkeypatch.setattr(exposition, "_series_texts", {})
+    monkeypatch.setattr(exposition, "_cached", 0)
+    many = Family("many", "many", "counter")
+    for i in range(exposition._MAX_SERIES_TEXTS + 2_000):
+        many.add((("key", f"k{i}"),), i)
+    long_value = Family("long", "long", "gauge")
+    long_value.add((("key", "x" * 1000),), 1)
+    for _ in range(2):  # the second time through, from what the first one kept
+        assert same_as_prometheus_client([many, long_value]).count(b"\n") == exposition._MAX_SERIES_TEXTS + 2_000 + 5
+        assert sum(len(texts) for texts in exposition._series_texts.values()) <= exposition._MAX_SERIES_TEXTS
+        assert not any(len(text) > 1000 for texts in exposition._series_texts.values() for text in texts.values())
