@@ -253,11 +253,50 @@ def test_memory_from_meminfo_and_from_psutil_without_it(tmp_path, monkeypatch):
     assert value(fams, "training_host_swap_used_bytes") == psutil.swap_memory().used
 
 
+# Written as kernels write them: a 5.5+ disk line (20 fields), a 4.18 one (18), a 2.6 one (14),
+# a 2.6 partition (7, psutil's only other case), loop devices; interfaces padded to the colon.
+DISKSTATS = """\
+   7       0 loop0 98 0 2490 26 0 0 0 0 0 52 26 0 0 0 0 0 0
+ 259       0 nvme0n1 1954332 584611 171830418 440541 3346402 2791219 395219264 4029745 0 1652416 4516012 0 0 0 0 43233 45725
+ 259       1 nvme0n1p1 1953990 584611 171818210 440480 3346400 2791219 395219264 4029744 0 1652244 4470224 0 0 0 0 0 0
+   8       0 sda 75 0 3648 35 1 0 8 0 0 64 35 0 0 0 0
+   8      16 sdb 2116 310 84802 1254 10 3 64 11 0 1088 1265
+   8      17 sdb1 2000 80000 9 72
+ 254       0 vda 435161 22081 16136522 381873 27390 81836 20507688 35270 0 31524 421043 44680 58 10823664 3839 1649 61
+"""
+NET_DEV = """\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 4369552322 1977283    0    0    0     0          0         0 4369552322 1977283    0    0    0     0       0          0
+  eth0: 147089317    5203    0    0    0     0          0         0   383384    3913    0    0    0     0       0          0
+veth1a2b3c4:18446744073709551615 5 0 0 0 0 0 0 7 1 0 0 0 0 0 0
+"""
+
+
+def test_disk_and_network_counters_read_as_psutil_reads_them(tmp_path, monkeypatch):
+    (tmp_path / "net").mkdir()
+    (tmp_path / "diskstats").write_text(DISKSTATS)
+    (tmp_path / "net" / "dev").write_text(NET_DEV)
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))
+    psutil_disks = {(d, io.read_bytes, io.write_bytes)
+                    for d, io in psutil.disk_io_counters(perdisk=True, nowrap=False).items()}
+    disks = host_module._disk_bytes(str(tmp_path / "diskstats"))
+    assert set(disks) == psutil_disks - {("sdb1", 80000 * 512, 72 * 512)}  # less the 2.6 partition
+    assert ("nvme0n1", 171830418 * 512, 395219264 * 512) in disks
+    psutil_nics = {(n, io.bytes_recv, io.bytes_sent) for n, io in psutil.net_io_counters(pernic=True, nowrap=False).items()}
+    nics = host_module._network_bytes(str(tmp_path / "net" / "dev"))
+    assert len(nics) == 3 and set(nics) == psutil_nics
+    assert ("veth1a2b3c4", 2**64 - 1, 7) in nics
+    # Without /proc (another OS), psutil reads them its own way.
+    assert set(host_module._disk_bytes(str(tmp_path / "missing"))) == psutil_disks
+    assert set(host_module._network_bytes(str(tmp_path / "missing"))) == psutil_nics
+
+
 def test_a_failing_group_does_not_hide_the_others(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise OSError("no /proc/net/dev")
 
-    monkeypatch.setattr(psutil, "net_io_counters", broken)
+    monkeypatch.setattr(host_module, "_network_bytes", broken)
     collector = HostCollector()
     scrape(collector)
     fams = scrape(collector)
