@@ -70,15 +70,15 @@ def test_one_connection_serves_scrape_after_scrape(tmp_path, exporter_process):
     exporter = exporter_process("--log", str(log), *HW_OFF)
     exporter.wait_ready()
     connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=5)
-    bodies = []
+    bodies, sockets = [], []
     for method in ("GET", "HEAD", "GET"):
         connection.request(method, "/metrics")
         response = connection.getresponse()
         bodies.append(response.read())
+        sockets.append(connection.sock)
         assert response.status == 200 and response.version == 11 and not response.will_close
-        if method == "GET":
-            sock = connection.sock
-    assert connection.sock is sock and bodies[1] == b"" and b"training_loss" in bodies[0] and b"training_loss" in bodies[2]
+    assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
+    assert bodies[1] == b"" and b"training_loss" in bodies[0] and b"training_loss" in bodies[2]
     connection.request("GET", "/metrics", headers={"Connection": "close"})
     assert connection.getresponse().will_close
     connection.close()
