@@ -124,15 +124,7 @@ class HostCollector(Collector):
 
     @staticmethod
     def _memory(fam: Families) -> None:
-        # The four numbers are all in /proc/meminfo, read once; psutil reads it twice and
-        # /proc/vmstat besides. psutil is the fallback: off Linux, or before MemAvailable (3.14).
-        info = _meminfo()
-        if info is not None and len(info) == len(MEMINFO_KEYS):
-            total, available, swap_total, swap_free = (info[key] for key in MEMINFO_KEYS)
-            swap_used = swap_total - swap_free
-        else:
-            memory, swap = psutil.virtual_memory(), psutil.swap_memory()
-            total, available, swap_total, swap_used = memory.total, memory.available, swap.total, swap.used
+        total, available, swap_total, swap_used = _memory_bytes()
         fam.add("training_host_memory_total_bytes", total)
         fam.add("training_host_memory_available_bytes", available)
         fam.add("training_host_swap_total_bytes", swap_total)
@@ -204,12 +196,19 @@ class HostCollector(Collector):
             self._usage[path] = (time.monotonic(), usage.free, usage.total)
 
 
-def _meminfo(path: str = "/proc/meminfo") -> dict[bytes, int] | None:
-    """MEMINFO_KEYS from /proc/meminfo, in bytes (the file says kB), or None where it is missing."""
+def _read(path: str) -> bytes | None:
+    """A /proc file's content, or None where it is missing (off Linux)."""
     try:
         with open(path, "rb") as handle:
-            text = handle.read()
+            return handle.read()
     except OSError:
+        return None
+
+
+def _meminfo(path: str = "/proc/meminfo") -> dict[bytes, int] | None:
+    """MEMINFO_KEYS from /proc/meminfo, in bytes (the file says kB), or None where it is missing."""
+    text = _read(path)
+    if text is None:
         return None
     values = {}
     for line in text.splitlines():
@@ -217,6 +216,18 @@ def _meminfo(path: str = "/proc/meminfo") -> dict[bytes, int] | None:
         if name in MEMINFO_KEYS:
             values[name] = int(rest.split()[0]) * 1024
     return values
+
+
+def _memory_bytes() -> tuple[int, int, int, int]:
+    """Memory total and available, swap total and used. All four are in /proc/meminfo, read
+    once; psutil reads it twice and /proc/vmstat besides. psutil is the fallback: off Linux, or
+    before MemAvailable (Linux 3.14)."""
+    info = _meminfo()
+    if info is not None and len(info) == len(MEMINFO_KEYS):
+        total, available, swap_total, swap_free = (info[key] for key in MEMINFO_KEYS)
+        return total, available, swap_total, swap_total - swap_free
+    memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+    return memory.total, memory.available, swap.total, swap.used
 
 
 # Disk and network counters are read from /proc directly, as the kernel keeps them (Prometheus
@@ -228,14 +239,12 @@ SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors, whatever the devi
 
 def _disk_bytes(path: str = "/proc/diskstats") -> list[tuple[str, int, int]]:
     """(device, bytes read, bytes written) of every block device the kernel lists."""
-    try:
-        with open(path, "rb") as handle:
-            rows = handle.read().splitlines()
-    except OSError:
+    text = _read(path)
+    if text is None:
         return [(device, io.read_bytes, io.write_bytes)
                 for device, io in (psutil.disk_io_counters(perdisk=True, nowrap=False) or {}).items()]
     disks = []
-    for row in rows:
+    for row in text.splitlines():
         # major minor name reads merged sectors-read ms writes merged sectors-written ...; a
         # partition on a 2.6-4.x kernel has only four numbers, and is not a whole disk anyway.
         fields = row.split()
@@ -246,14 +255,12 @@ def _disk_bytes(path: str = "/proc/diskstats") -> list[tuple[str, int, int]]:
 
 def _network_bytes(path: str = "/proc/net/dev") -> list[tuple[str, int, int]]:
     """(interface, bytes received, bytes sent) of every network interface."""
-    try:
-        with open(path, "rb") as handle:
-            rows = handle.read().splitlines()[2:]  # after two lines of column headings
-    except OSError:
+    text = _read(path)
+    if text is None:
         return [(device, io.bytes_recv, io.bytes_sent)
                 for device, io in psutil.net_io_counters(pernic=True, nowrap=False).items()]
     interfaces = []
-    for row in rows:
+    for row in text.splitlines()[2:]:  # after two lines of column headings
         # "  eth0: rx-bytes packets errs drop fifo frame compressed multicast tx-bytes ..."
         name, _, counters = row.partition(b":")
         fields = counters.split()
