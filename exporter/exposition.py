@@ -78,7 +78,7 @@ def _render(metrics) -> bytes:
         documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}")
         if type(metric) is Family:
-            texts = series_texts.get(name) or _texts_of(name)
+            texts = series_texts.setdefault(name, {})
             for labels, value in metric.series:
                 # Below a million, repr is what Go writes; NaN, the infinities and large numbers
                 # (which Go writes as 1.5e+07) take prometheus_client's conversion.
@@ -109,10 +109,6 @@ _MAX_CACHED_SERIES_TEXT = 300
 _cached = 0
 
 
-def _texts_of(name: str) -> dict[tuple, str]:
-    return _series_texts.setdefault(name, {})
-
-
 def _series_text(name: str, labels: tuple) -> str:
     global _cached
     if labels:
@@ -124,7 +120,7 @@ def _series_text(name: str, labels: tuple) -> str:
         if _cached >= _MAX_SERIES_TEXTS:
             _series_texts.clear()  # the series in use come back at the next scrape
             _cached = 0
-        _texts_of(name)[labels] = text
+        _series_texts.setdefault(name, {})[labels] = text
         _cached += 1
     return text
 
