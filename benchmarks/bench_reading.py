@@ -1,4 +1,4 @@
-"""The reading path in-process: lines per second of ``LogFollower.read_to_end`` on logs of
+"""The reading path in-process: lines per second of reading a whole log (``LogReading.read_to_end``) on logs of
 several shapes, optionally against another checkout of the project, side by side.
 
     python benchmarks/bench_reading.py [--lines 200000] [--repeat 3] [--against DIR]
@@ -77,17 +77,15 @@ SHAPES = {
 READ = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from exporter.logs.readers import LogSpec
-from exporter.logs.sources import LogFollower
-from exporter.training.signals import SignalSettings
-from exporter.training.vocabulary import Vocabulary
+from exporter.app import LogReading
+from exporter.config import Config, LogConfig
 best = None
 for _ in range(int(sys.argv[4])):
-    follower = LogFollower([LogSpec(sys.argv[2], sys.argv[3])], SignalSettings(), Vocabulary())
+    reading = LogReading(Config(logs=[LogConfig(path=sys.argv[2], format=sys.argv[3])]))
     started = time.perf_counter()
-    follower.read_to_end()
+    reading.read_to_end()
     took = time.perf_counter() - started
-    follower.stop()
+    reading.follower.stop()
     best = took if best is None else min(best, took)
 print(int(sys.argv[5]) / best)
 """

@@ -1,4 +1,5 @@
-"""Wiring: settings into collectors, a registry and a server; and the serve loop."""
+"""Wiring, the one place where the parts meet: the log follower feeds the training state, the
+collectors read it and the hardware, the server serves the registry; and the serve loop."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .logs.sources import LogFollower, LogSpec
 from .registry import build_registry
 from .server import MetricsServer
 from .training.collector import TrainingCollector
+from .training.states import TrainingStates
 from .training.vocabulary import Vocabulary
 from .webconfig import load_web_config
 
@@ -29,21 +31,27 @@ def log_specs(config: Config) -> list[LogSpec]:
             for entry in config.logs]
 
 
-def make_follower(config: Config, keep_history: bool = False) -> LogFollower:
-    return LogFollower(
-        log_specs(config), config.signals, Vocabulary(config.vocabulary),
-        max_line_bytes=config.follow.max_line_bytes,
-        poll_interval=config.follow.poll_interval_seconds,
-        rescan_interval=config.follow.rescan_interval_seconds,
-        keep_history=keep_history,
-    )
+class LogReading:
+    """The reading path, wired: a follower whose records feed the training states."""
+
+    def __init__(self, config: Config, keep_history: bool = False) -> None:
+        self.states = TrainingStates(config.signals, Vocabulary(config.vocabulary), keep_history)
+        self.follower = LogFollower(
+            log_specs(config), self.states,
+            max_line_bytes=config.follow.max_line_bytes,
+            poll_interval=config.follow.poll_interval_seconds,
+            rescan_interval=config.follow.rescan_interval_seconds,
+        )
+
+    def read_to_end(self) -> None:
+        self.follower.read_to_end()
 
 
-def make_collectors(config: Config, follower: LogFollower) -> list[Collector]:
+def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     enabled = config.collectors
     collectors: list[Collector] = []
     if enabled.get("training", True):
-        collectors.append(TrainingCollector(follower))
+        collectors.append(TrainingCollector(reading.states, reading.follower.files))
     gpu = None
     if enabled.get("gpu", True):
         from .hardware.gpu import GpuCollector
@@ -69,16 +77,19 @@ class Exporter:
     """The running exporter: collectors started, the HTTP server listening."""
 
     def __init__(self, config: Config) -> None:
-        self.follower = make_follower(config)
-        self.collectors = make_collectors(config, self.follower)
-        training_enabled = config.collectors.get("training", True)
+        self.reading = LogReading(config)
+        self.collectors = make_collectors(config, self.reading)
+        self.training_enabled = config.collectors.get("training", True)
         self.registry = build_registry(self.collectors)
         security = load_web_config(config.web.config_file) if config.web.config_file else None
+        follower = self.reading.follower
         self.server = MetricsServer(config.web.listen_address, self.registry,
-                                    is_ready=(lambda: self.follower.ready) if training_enabled else (lambda: True),
+                                    is_ready=(lambda: follower.ready) if self.training_enabled else (lambda: True),
                                     security=security)
 
     def start(self) -> None:
+        if self.training_enabled:
+            self.reading.follower.start()
         for collector in self.collectors:
             collector.start()
         self.server.start()
@@ -90,7 +101,8 @@ class Exporter:
         wait, a backlog being read). Whatever is still busy at the deadline is left to end with
         the process: every thread is a daemon and nothing is written that could be left torn.
         """
-        parts = [("http", self.server.stop)] + [(c.name, c.stop) for c in self.collectors]
+        parts = [("http", self.server.stop), ("logs", self.reading.follower.stop)]
+        parts += [(c.name, c.stop) for c in self.collectors]
         threads = [threading.Thread(target=_stop_part, args=part, name=f"stop-{part[0]}", daemon=True)
                    for part in parts]
         deadline = time.monotonic() + STOP_SECONDS

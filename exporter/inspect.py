@@ -10,17 +10,16 @@ import math
 import os
 import sys
 
-from .app import make_follower
-from .logs.sources import LogFollower
+from .app import LogReading
 
 
-def build_report(follower: LogFollower) -> dict:
+def build_report(reading: LogReading) -> dict:
     """Everything inspect prints, as plain data (the --json output)."""
-    settings = follower.signal_settings
+    settings = reading.states.settings
+    files = reading.follower.files()
     sources = []
-    for source, state in sorted(follower.states.items()):
+    for source, rank, state in reading.states.items():
         snap = state.snapshot()
-        readers = [r for r in follower.readers.values() if r.source == source]
         keys = []
         for name, count in sorted(snap.key_counts.items()):
             last = snap.values.get(name, snap.extra.get(name))
@@ -29,17 +28,18 @@ def build_report(follower: LogFollower) -> dict:
         plateau = snap.evals_since_best >= settings.patience
         sources.append({
             "source": source,
-            "files": [{
-                "path": r.path,
-                "format": r.format_name,
-                "exists": r.exists,
-                "lines": r.stats.lines,
-                "not_understood": r.stats.ignored,
-                "parse_errors": r.stats.parse_errors,
-                "too_long": r.stats.too_long,
-                "not_understood_examples": list(r.stats.ignored_examples),
-                "parse_error_examples": [{"line": line, "error": err} for line, err in r.stats.error_examples],
-            } for r in readers],
+            "rank": rank,
+            "files": [] if rank is not None else [{
+                "path": f.path,
+                "format": f.format,
+                "exists": f.exists,
+                "lines": f.lines,
+                "not_understood": f.ignored,
+                "parse_errors": f.parse_errors,
+                "too_long": f.too_long,
+                "not_understood_examples": list(f.ignored_examples),
+                "parse_error_examples": [{"line": line, "error": err} for line, err in f.error_examples],
+            } for f in files if f.source == source],
             "records": snap.records,
             "last_step": snap.step,
             "max_steps": snap.max_steps,
@@ -97,7 +97,8 @@ def render_text(report: dict) -> str:
     if not report["sources"]:
         return "No log files found.\n"
     for src in report["sources"]:
-        out.append(f"━━ source {src['source']} " + "━" * max(0, 60 - len(src["source"])))
+        title = src["source"] if src["rank"] is None else f"{src['source']}, rank {src['rank']}"
+        out.append(f"━━ source {title} " + "━" * max(0, 60 - len(title)))
         for f in src["files"]:
             if not f["exists"]:
                 out.append(f"  {f['path']}: does not exist (yet)")
@@ -157,10 +158,10 @@ def run_inspect(argv: list[str]) -> int:
     if missing:
         print(f"training-exporter inspect: error: no such file or directory: {missing[0]}", file=sys.stderr)
         return USAGE_EXIT
-    follower = make_follower(config, keep_history=True)
-    follower.read_to_end()
-    report = build_report(follower)
-    follower.stop()
+    reading = LogReading(config, keep_history=True)
+    reading.read_to_end()
+    report = build_report(reading)
+    reading.follower.stop()
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")

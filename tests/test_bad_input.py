@@ -20,6 +20,7 @@ from exporter.logs.readers import LogSpec
 from exporter.logs.sources import LogFollower
 from exporter.training.collector import TrainingCollector
 from exporter.training.signals import SignalSettings
+from exporter.training.states import TrainingStates
 from exporter.training.vocabulary import Vocabulary
 from procs import HW_OFF, rss_mib
 
@@ -61,9 +62,13 @@ SPECS = [LogSpec(path="", format="auto", source="auto")] + [
 KEY = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
+def new_follower(specs: list[LogSpec]) -> LogFollower:
+    return LogFollower(specs, TrainingStates(SignalSettings(), Vocabulary()))
+
+
 def exposition(follower: LogFollower) -> list:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TrainingCollector(follower))
+    registry.register(TrainingCollector(follower.sink, follower.files))
     return list(text_string_to_metric_families(generate_latest(registry).decode()))
 
 
@@ -77,7 +82,7 @@ def test_every_line_format_survives_mutated_and_random_input(tmp_path_factory, p
         path.parent.mkdir()
         path.touch()
         specs.append(LogSpec(path=str(path), format=spec.format, source=spec.source, patterns=spec.patterns))
-    follower = LogFollower(specs, SignalSettings(), Vocabulary())
+    follower = new_follower(specs)
     follower.discover()
     readers = list(follower.readers.values())
     for piece in pieces:
@@ -113,7 +118,7 @@ def test_documents_and_event_files_survive_mutation(tmp_path_factory, data):
         if data.draw(st.booleans()):
             del content[data.draw(st.integers(0, len(content))):]
         (directory / name).write_bytes(bytes(content))
-    follower = LogFollower([LogSpec(path=str(directory))], SignalSettings(), Vocabulary())
+    follower = new_follower([LogSpec(path=str(directory))])
     follower.discover()
     assert len(follower.readers) == 3
     for reader in follower.readers.values():

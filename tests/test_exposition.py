@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-from exporter.app import make_collectors, make_follower
+from exporter.app import LogReading, make_collectors
 from exporter.config import Config, LogConfig
 from exporter import exposition
 from exporter.exposition import _Fixed, _render, render
@@ -39,9 +39,9 @@ def test_everything_the_exporter_serves(tmp_path):
     hostile = tmp_path / 'a"b\\c\nd.log'
     hostile.write_text("{'loss': 2.0, 'epoch': 0.1}\n")
     config = Config(logs=[LogConfig(path=str(log)), LogConfig(path=str(hostile))])
-    follower = make_follower(config)
-    follower.read_to_end()
-    collectors = make_collectors(config, follower)
+    reading = LogReading(config)
+    reading.read_to_end()
+    collectors = make_collectors(config, reading)
     fake = fake_pynvml.load({"driver_version": "550.54.15", "cuda_version": 12040, "gpus": [gpu(0), gpu(1)]})
     collectors = [GpuCollector(nvml=fake) if c.name == "gpu" else c for c in collectors]
     gpu_collector = next(c for c in collectors if c.name == "gpu")
@@ -50,7 +50,7 @@ def test_everything_the_exporter_serves(tmp_path):
         text = same_as_prometheus_client(list(build_registry(collectors).collect())).decode()
     finally:
         gpu_collector.stop()
-        follower.stop()
+        reading.follower.stop()
     assert 'training_gpu_up{gpu="1"' in text and "training_host_" in text and "process_cpu_seconds_total" in text
     assert 'source="a\\"b\\\\c\\nd.log"' in text
 

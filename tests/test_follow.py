@@ -5,26 +5,31 @@ from __future__ import annotations
 import os
 import shutil
 
+from exporter.logs.envelopes import Envelopes
 from exporter.logs.follow import Data, EndOfFile, FileFollower, Reset
 from exporter.logs.lines import LineSplitter
 
 
 class Tail:
-    """Follower + splitter: what the readers do, minus the parsing."""
+    """Follower, splitter and envelopes: what the readers do, minus the parsing."""
 
     def __init__(self, path, max_line_bytes=1 << 20):
         self.follower = FileFollower(str(path))
         self.splitter = LineSplitter(max_line_bytes)
+        self.envelopes = Envelopes(max_line_bytes)
         self.lines: list[str] = []
         self.resets: list[str] = []
+
+    def payloads(self, lines: list[str]) -> list[str]:
+        return [payload for line in lines for payload in self.envelopes.unwrap(line)]
 
     def poll(self) -> list[str]:
         before = len(self.lines)
         for item in self.follower.poll():
             if isinstance(item, Data):
-                self.lines += self.splitter.feed(item.data)
+                self.lines += self.payloads(self.splitter.feed(item.data))
             elif isinstance(item, EndOfFile):
-                self.lines += self.splitter.flush()
+                self.lines += self.payloads(self.splitter.flush())
             elif isinstance(item, Reset):
                 self.resets.append(item.reason)
                 self.splitter = LineSplitter(self.splitter.max_line_bytes)

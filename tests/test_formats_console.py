@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.logs.envelopes import Envelopes
 from exporter.logs.formats import CONSOLE_FORMATS, Kind, ParseError, Record
 from exporter.logs.formats.deepspeed import DeepSpeed
 from exporter.logs.formats.fairseq import Fairseq
@@ -39,10 +40,18 @@ OWNER = {
 }
 
 
+def payload(line: str) -> str:
+    """A line as a dialect gets it: what a launcher or Python logging wrapped around it taken off."""
+    (unwrapped,) = Envelopes().unwrap(line)
+    return unwrapped
+
+
 def fixture_lines(name: str) -> list[str]:
-    """The lines the reader hands over: split on \\n and on \\r, as tqdm's redraws demand."""
+    """The lines the reader hands over: split on \\n and on \\r, as tqdm's redraws demand, each
+    unwrapped of what a launcher or Python logging put around it."""
     text = (FIXTURES / name).read_text(encoding="utf-8")
-    return re.split(r"[\r\n]", text)
+    envelopes = Envelopes()
+    return [piece for line in text.split("\n") for piece in envelopes.unwrap(line.strip())]
 
 
 def comparable(record: Record) -> tuple:
@@ -209,7 +218,7 @@ def test_nanogpt_exact_units():
 
 
 def test_nanogpt_fork_fields_and_launcher_prefix():
-    [record] = NanoGPT().parse("[default0]:iter 7: loss 3.1000, time 12.00ms, mfu 1.50%, grad_norm 0.412")
+    [record] = NanoGPT().parse(payload("[default0]:iter 7: loss 3.1000, time 12.00ms, mfu 1.50%, grad_norm 0.412"))
     assert record.values == {"loss": 3.1, "iter_time_seconds": 0.012, "mfu": 0.015, "grad_norm": 0.412}
     assert record.step == 7
 
@@ -507,12 +516,12 @@ def test_fairseq_hydra_json_fixture_matches_the_simple_naming():
 
 
 def test_fairseq_any_subset_is_valid_prefixed():
-    [simple] = Fairseq().parse("2024-05-01 10:05:44 | INFO | valid1 | epoch 003 | valid on 'valid1' subset "
-                               "| loss 4.1 | ppl 17.15 | num_updates 5673 | best_loss 4.1")
+    [simple] = Fairseq().parse(payload("2024-05-01 10:05:44 | INFO | valid1 | epoch 003 | valid on 'valid1' subset "
+                                       "| loss 4.1 | ppl 17.15 | num_updates 5673 | best_loss 4.1"))
     assert simple.kind is Kind.EVAL and simple.step == 5673
     assert simple.values == {"valid_loss": 4.1, "valid_ppl": 17.15, "valid_best_loss": 4.1, "epoch": 3.0}
-    [as_json] = Fairseq().parse('2024-05-01 10:05:44 | INFO | test | {"epoch": 3, "test_loss": "4.2", '
-                                '"test_num_updates": "5673"}')
+    [as_json] = Fairseq().parse(payload('2024-05-01 10:05:44 | INFO | test | {"epoch": 3, "test_loss": "4.2", '
+                                        '"test_num_updates": "5673"}'))
     assert as_json.kind is Kind.EVAL and as_json.values == {"epoch": 3.0, "valid_loss": 4.2}
 
 
@@ -524,15 +533,15 @@ def test_fairseq_pre_logging_releases():
 
 
 def test_fairseq_nan_and_list_stats():
-    [record] = Fairseq().parse("2024-05-01 09:58:31 | INFO | train_inner | epoch 001:    100 / 1891 "
-                               "loss=nan, ppl=inf, lrs=[0.1, 0.2], num_updates=100")
+    [record] = Fairseq().parse(payload("2024-05-01 09:58:31 | INFO | train_inner | epoch 001:    100 / 1891 "
+                                       "loss=nan, ppl=inf, lrs=[0.1, 0.2], num_updates=100"))
     assert math.isnan(record.values["loss"]) and record.values["ppl"] == INF
     assert "lrs" not in record.values and record.step == 100
 
 
 def test_fairseq_cut_json_is_a_parse_error():
     with pytest.raises(ParseError):
-        Fairseq().parse('[2024-05-01 09:31:40,877][train_inner][INFO] - {"epoch": 1, "update": 0.1, "lo')
+        Fairseq().parse(payload('[2024-05-01 09:31:40,877][train_inner][INFO] - {"epoch": 1, "update": 0.1, "lo'))
 
 
 @pytest.mark.parametrize("line", [

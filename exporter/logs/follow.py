@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 FINGERPRINT_BYTES = 512  # how much of the file's head identifies its content
 READ_CHUNK = 1 << 20
@@ -58,8 +59,9 @@ class FileFollower:
             os.close(self._fd)
             self._fd = None
 
-    def poll(self) -> list[Data | EndOfFile | Reset]:
-        out: list[Data | EndOfFile | Reset] = []
+    def poll(self) -> Iterator[Data | EndOfFile | Reset]:
+        """What happened since the last poll, in order, yielded as it is read: a backlog costs
+        the memory of one chunk at a time, however large it is."""
         try:
             path_stat = os.stat(self.path)
         except OSError:
@@ -70,34 +72,33 @@ class FileFollower:
                 (path_stat.st_dev, path_stat.st_ino) != self._identity:
             # Renamed away (rotation) or a symlink now points elsewhere: finish the old file
             # first, since the writer may have appended to it after our last look.
-            self._read_available(out, limit=None)
-            out.append(EndOfFile())
+            yield from self._read_available(limit=None)
+            yield EndOfFile()
             self.close()
         if self._fd is None:
             if path_stat is None:
                 self.at_end = True  # nothing to read yet; the file will be waited for
-                return out
+                return
             self._open()
             if self._fd is None:
                 self.at_end = True
-                return out
+                return
 
         stat = os.fstat(self._fd)
         signature = (stat.st_size, stat.st_mtime_ns)
         if signature != self._last_stat:
             self._last_stat = signature
             if stat.st_size < self._offset:
-                self._finish_from_copy(out)
-                out.append(Reset("truncated"))
+                yield from self._finish_from_copy()
+                yield Reset("truncated")
                 self._restart()
             elif self._fingerprint and not self._head_matches():
                 # Also copy-truncate, when the writer refilled the file past our offset before
                 # this poll; or a file rewritten whole, whose old content has no copy.
-                self._finish_from_copy(out)
-                out.append(Reset("rewritten"))
+                yield from self._finish_from_copy()
+                yield Reset("rewritten")
                 self._restart()
-        self._read_available(out, limit=self.max_bytes_per_poll)
-        return out
+        yield from self._read_available(limit=self.max_bytes_per_poll)
 
     def _open(self) -> None:
         try:
@@ -115,7 +116,7 @@ class FileFollower:
         self._fingerprint = b""
         self._last_read = b""
 
-    def _finish_from_copy(self, out: list) -> None:
+    def _finish_from_copy(self) -> Iterator[Data]:
         """Read what was written after our offset from the copy that copy-truncate made."""
         if not self._fingerprint:
             return
@@ -140,7 +141,7 @@ class FileFollower:
                     continue
                 own_fd, self._fd = self._fd, fd
                 try:
-                    self._read_available(out, limit=None)
+                    yield from self._read_available(limit=None)
                 finally:
                     self._fd = own_fd
                 return
@@ -151,22 +152,22 @@ class FileFollower:
         head = os.pread(self._fd, len(self._fingerprint), 0)
         return head == self._fingerprint
 
-    def _read_available(self, out: list, limit: int | None) -> None:
+    def _read_available(self, limit: int | None) -> Iterator[Data]:
         read = 0
         while limit is None or read < limit:
             chunk = os.pread(self._fd, READ_CHUNK, self._offset)
             if not chunk:
                 self.at_end = True
-                self.mtime = os.fstat(self._fd).st_mtime if read else self.mtime
                 return
             if len(self._fingerprint) < FINGERPRINT_BYTES and self._offset < FINGERPRINT_BYTES:
                 self._fingerprint = (self._fingerprint + chunk)[:FINGERPRINT_BYTES]
             self._last_read = (self._last_read + chunk[-FINGERPRINT_BYTES:])[-FINGERPRINT_BYTES:]
             self._offset += len(chunk)
             read += len(chunk)
-            out.append(Data(chunk))
+            # When what was read was written, at the latest: set before it is handed on.
+            self.mtime = os.fstat(self._fd).st_mtime
+            yield Data(chunk)
         self.at_end = False  # more is waiting: the next poll continues
-        self.mtime = os.fstat(self._fd).st_mtime
 
 
 def _mtime_ns(entry: os.DirEntry) -> int:

@@ -1,4 +1,4 @@
-"""Bytes into lines: newline and carriage-return separated, capped, decoded forgivingly."""
+"""Bytes into lines: newline separated, capped, decoded forgivingly."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ _ANSI_CSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 class LineSplitter:
     """Cuts a byte stream into text lines.
 
-    * ``\\r`` ends a line too: tqdm redraws its bar with ``\\r``, and when stdout and stderr are
-      merged the bar is glued to the log line that follows it.
-    * A partial last line is held until its end arrives (the writer may be mid-line).
+    * Only ``\\n`` ends a line. A carriage return (tqdm's redraw) is kept: what a container
+      runtime or launcher wrapped around the line comes before it, and is unwrapped first
+      (``envelopes.py``, which then cuts the payload at each ``\\r``).
+    * A partial last line is held until its end arrives (the writer may be mid-line); what of it
+      ends with ``\\r`` is handed on at once.
     * Lines longer than ``max_line_bytes`` are dropped whole and counted: a 10 MB line must not
       cost 10 MB of memory.
     * Invalid UTF-8 is replaced, NUL bytes removed: the parsers never see undecodable text.
@@ -29,8 +31,7 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[str]:
         if not data:
             return []
-        # Each \r or \n ends a line (bytes methods split faster than a regular expression).
-        parts = (data.replace(b"\r", b"\n") if b"\r" in data else data).split(b"\n")
+        parts = data.split(b"\n")
         first = parts[0]
         if self._skipping:
             if len(parts) > 1:
@@ -47,6 +48,12 @@ class LineSplitter:
             parts[0] = first
         else:
             parts = parts[1:]
+        if tail and not self._skipping and b"\r" in tail:
+            # A progress bar redrawn with \r and no newline for minutes: each redraw is complete
+            # at its \r, and is handed on now rather than when the line ends.
+            cut = tail.rfind(b"\r")
+            parts.append(tail[:cut])
+            tail = tail[cut + 1:]
         if parts and max(map(len, parts)) <= self.max_line_bytes:
             lines = self._decode_all(parts)
         else:

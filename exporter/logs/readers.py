@@ -1,8 +1,10 @@
-"""One reader per file: follows it and feeds what it says to its source's state.
+"""One reader per file: follows it and hands what it says, as records, to a sink.
 
 Three kinds, by how the file is written: text logs (lines), TensorBoard event files (binary
 records, appended) and documents rewritten whole on every save (trainer_state.json,
-hparams.yaml).
+hparams.yaml). A text log's line goes through the layers one way: bytes into lines
+(``lines.py``), the envelope taken off (``envelopes.py``), a dialect chosen for it
+(``dialects.py``), records out; events (an OOM) are looked for in every console line.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from ..training.signals import SourceState
-from .detect import format_by_name, line_format_for
+from .detect import format_by_name
+from .dialects import DialectChoice, dialects_for
+from .envelopes import Envelopes
 from .follow import Data, EndOfFile, FileFollower, Reset
 from .formats import ParseError, Record
 from .formats.events import may_report_events, scan_events
 from .formats.hparams import parse_hparams_yaml
-from .formats.regex import RegexFormat
 from .formats.tfevents import TfEventsDecoder
 from .formats.trainer_state import parse_trainer_state
 from .lines import LineSplitter
@@ -40,6 +43,16 @@ class LogSpec:
     patterns: tuple[tuple[str, str], ...] = ()  # (regex, kind) for format "regex"
 
 
+class RecordSink(Protocol):
+    """Where a reader's records go: whatever keeps the training state (the readers know nothing
+    of it). ``rank`` is the rank a launcher's prefix named, or None."""
+
+    def apply(self, source: str, rank: str | None, records: list[Record], observed_at: float) -> None: ...
+
+    def rewritten(self, source: str) -> None:
+        """The source's file is being read again from the top: what it says again was counted."""
+
+
 @dataclass
 class ReaderStats:
     lines: int = 0
@@ -54,20 +67,20 @@ class ReaderStats:
 
 
 class Reader:
-    """Follows one file and feeds what it says to its source's state."""
+    """Follows one file and hands what it says to the sink, as the records of its source."""
 
-    def __init__(self, path: str, source: str, state: SourceState) -> None:
+    format_name = "unknown"  # each reader kind names the format it reads
+
+    def __init__(self, path: str, source: str, sink: RecordSink) -> None:
         self.path = path
         self.source = source
-        self.state = state
+        self.sink = sink
         self.stats = ReaderStats()
         self.follower = FileFollower(path)
         # Everything there was has been read *and applied*. Set only at the end of a poll: the
         # follower is at the end of the file as soon as it has read a backlog, long before the
         # backlog is parsed, and /-/ready must not call a half-rebuilt state ready.
         self.caught_up = False
-
-    format_name = "unknown"  # each reader kind names the format it reads
 
     @property
     def exists(self) -> bool:
@@ -84,7 +97,7 @@ class Reader:
             elif isinstance(item, Reset):
                 self.stats.resets[item.reason] += 1
                 if item.reason == "rewritten":
-                    self.state.mark_rewritten()
+                    self.sink.rewritten(self.source)
                 self.on_reset()
         if self.follower.mtime is not None:
             self.stats.last_update = self.follower.mtime
@@ -96,8 +109,9 @@ class Reader:
         now = time.time()
         return now if mtime is None else min(mtime, now)
 
-    def apply(self, records: list[Record]) -> None:
-        self.state.apply_all(records, self.observed_at())
+    def apply(self, records: list[Record], rank: str | None = None) -> None:
+        if records:
+            self.sink.apply(self.source, rank, records, self.observed_at())
 
     def on_data(self, data: bytes) -> None: ...
     def on_end_of_file(self) -> None: ...
@@ -108,126 +122,83 @@ class Reader:
 
 
 class LineReader(Reader):
-    """A text log: lines cut by the splitter, parsed by a dialect, scanned for OOM events."""
+    """A text log: lines, their envelopes taken off, read by the dialect that understands each,
+    and (in console text) scanned for events such as an out-of-memory error."""
 
-    def __init__(self, path: str, source: str, state: SourceState, spec: LogSpec, max_line_bytes: int) -> None:
-        super().__init__(path, source, state)
+    def __init__(self, path: str, source: str, sink: RecordSink, spec: LogSpec, max_line_bytes: int) -> None:
+        super().__init__(path, source, sink)
         self.spec = spec
         self.max_line_bytes = max_line_bytes
-        self._new_parser()
-
-    def _new_parser(self) -> None:
-        self.splitter = LineSplitter(self.max_line_bytes)
-        if self.spec.format == "regex":
-            self.parser = RegexFormat([p for p, _ in self.spec.patterns], [k for _, k in self.spec.patterns])
-        else:
-            self.parser = line_format_for(self.path, self.spec.format)
+        by_name = format_by_name(path)
         # Files written by a logger (CSV, JSON lines by name) carry no console text; anything
         # else may have stderr merged in, with an OOM traceback.
-        self.scans_events = self.parser.name not in ("csv", "lightning_csv", "keras_csv", "jsonl")
+        self.scans_events = spec.format not in ("lightning_csv", "keras_csv", "csv", "jsonl") and \
+            (spec.format not in ("auto", None) or by_name not in ("csv", "jsonl"))
+        self._by_name = by_name
+        self._restart()
+
+    def _restart(self) -> None:
+        self.splitter = LineSplitter(self.max_line_bytes)
+        self.envelopes = Envelopes(self.max_line_bytes)
+        self.dialects: DialectChoice = dialects_for(self.spec.format, self._by_name, self.spec.patterns)
 
     @property
     def format_name(self) -> str:
-        chosen = getattr(self.parser, "chosen", None)
-        if chosen is not None:
-            return chosen.name
-        return "undetected" if self.parser.name in ("auto", "csv") else self.parser.name
+        if self.dialects.names:
+            return ",".join(sorted(self.dialects.names))
+        return "undetected" if self.spec.format in ("auto", None) else self.spec.format
 
     def on_data(self, data: bytes) -> None:
-        too_long_before = self.splitter.too_long
-        self._handle(self.splitter.feed(data))
-        self.stats.too_long += self.splitter.too_long - too_long_before
+        splitter, envelopes = self.splitter, self.envelopes
+        too_long_before = splitter.too_long + envelopes.too_long
+        self._handle(splitter.feed(data))
+        self.stats.too_long += splitter.too_long + envelopes.too_long - too_long_before
 
     def on_end_of_file(self) -> None:
         self._handle(self.splitter.flush())
-        self._new_parser()
+        self._restart()
 
     def on_reset(self) -> None:
-        self._new_parser()
+        self._restart()
 
     def _handle(self, lines: list[str]) -> None:
-        when = self.observed_at()
-        stats, state = self.stats, self.state
-        stats.lines += len(lines)
+        stats, unwrap, parse = self.stats, self.envelopes.unwrap, self.dialects.parse
+        envelopes = self.envelopes
         scans_events = self.scans_events and may_report_events("\n".join(lines))
-        # Once a file's dialect is known, call it directly rather than through the detector.
-        dialect = getattr(self.parser, "chosen", None) or self.parser
-        parse = dialect.parse
-        # Stretches of lines of one learned layout go to the state as runs, by column; a line
-        # that reports an event is read on its own, so that its event keeps its place.
-        read_run = getattr(dialect, "read_run", None)
-        events = [scan_events(line) for line in lines] if scans_events else None
-        # The lines that report an event, then the chunk's end: a run stops before the next one.
-        stops = [index for index, event in enumerate(events) if event is not None] if events else []
-        stops.append(len(lines))
-        next_stop = 0
-        # Records go to the state in batches, one lock acquisition each, in the order read.
+        # Records go to the sink in batches, one per stretch of one rank's lines, in the order read.
         pending: list[Record] = []
-        # A progress bar's record, held back to ride on the next line's record: a tqdm redraw
-        # comes before most metric lines, and the state applies a record's progress before its
-        # values, so one record does what the two would, in the same order, for half the cost.
-        bar: Record | None = None
-        # A run is looked for where one may start: at the chunk's start, and after a line that
-        # gave records; not on every line of a stretch of other output.
-        i, count, may_start_run = 0, len(lines), read_run is not None
-        try:
-            while i < count:
-                run = None
-                if may_start_run and bar is None:
-                    while stops[next_stop] < i:
-                        next_stop += 1
-                    if stops[next_stop] > i:
-                        run = read_run(lines, i, stops[next_stop])
-                may_start_run = run is not None
-                if run is not None:
-                    i += run.lines
-                    if len(run.rows) > 1:
-                        if pending:
-                            state.apply_all(pending, when)
-                            pending = []
-                        state.apply_run(run, when)
+        rank: str | None = None
+        for line in lines:
+            payloads = unwrap(line)
+            stats.lines += len(payloads)  # a line is what a dialect reads: one redraw of a bar
+            for payload in payloads:
+                event = scan_events(payload) if scans_events else None
+                try:
+                    records = parse(payload)
+                except ParseError as error:
+                    stats.parse_errors += 1
+                    stats.error_examples.append((payload[:200], str(error)[:200]))
+                    if event is None:
                         continue
-                    records, event = run.records(), None  # one line costs less as its record
-                else:
-                    line = lines[i]
-                    event = events[i] if events is not None else None
-                    i += 1
-                    if event is not None:
-                        if bar is not None:
-                            pending.append(bar)
-                            bar = None
-                        pending.append(event)
-                    try:
-                        records = parse(line)
-                    except ParseError as error:
-                        stats.parse_errors += 1
-                        stats.error_examples.append((line[:200], str(error)[:200]))
-                        continue
-                if records:
-                    first = records[0]
-                    if bar is not None:
-                        if first.progress is None and first.event is None:
-                            first.progress = bar.progress
-                        else:
-                            pending.append(bar)
-                        bar = None
-                    if (len(records) == 1 and not first.values and first.progress is not None
-                            and first.step is None and not first.meta and first.event is None):
-                        bar = first
-                        continue
-                    pending += records
-                    may_start_run = read_run is not None
-                    if len(pending) >= APPLY_BATCH:
-                        state.apply_all(pending, when)
-                        pending = []
-                elif event is None:
+                    records = []
+                if event is not None:
+                    records = [event, *records]
+                elif not records:
                     stats.ignored += 1
-                    stats.ignored_examples.append(line[:200])
-        finally:
-            if bar is not None:
-                pending.append(bar)
-            if pending:
-                state.apply_all(pending, when)
+                    stats.ignored_examples.append(payload[:200])
+                    continue
+                if envelopes.time is not None:
+                    for record in records:
+                        if record.wall_time is None:
+                            record.wall_time = envelopes.time
+                if envelopes.rank != rank:
+                    self.apply(pending, rank)
+                    pending, rank = [], envelopes.rank
+                pending += records
+                if len(pending) >= APPLY_BATCH:
+                    self.apply(pending, rank)
+                    pending = []
+        self.apply(pending, rank)
 
 
 class TensorBoardReader(Reader):
@@ -235,8 +206,8 @@ class TensorBoardReader(Reader):
 
     format_name = "tensorboard"
 
-    def __init__(self, path: str, source: str, state: SourceState) -> None:
-        super().__init__(path, source, state)
+    def __init__(self, path: str, source: str, sink: RecordSink) -> None:
+        super().__init__(path, source, sink)
         self.decoder = TfEventsDecoder()
 
     def on_data(self, data: bytes) -> None:
@@ -260,8 +231,8 @@ class DocumentReader(Reader):
     hparams.yaml. Re-read when it changes; of trainer_state.json's cumulative log_history only
     the entries not yet seen are applied."""
 
-    def __init__(self, path: str, source: str, state: SourceState, fmt: str, already_applied: int = 0) -> None:
-        super().__init__(path, source, state)
+    def __init__(self, path: str, source: str, sink: RecordSink, fmt: str, already_applied: int = 0) -> None:
+        super().__init__(path, source, sink)
         self.format_name = fmt
         self._signature: tuple[int, int] | None = None
         # log_history entries already applied (from an older checkpoint's copy, when continuing).
@@ -311,7 +282,7 @@ class DocumentReader(Reader):
         if len(records) < self.applied:
             # A shorter history is a new run writing into the same place.
             self.stats.resets["rewritten"] += 1
-            self.state.mark_rewritten()
+            self.sink.rewritten(self.source)
             self.applied = 0
         fresh = records[self.applied:]
         self.applied = len(records)
@@ -323,10 +294,10 @@ class DocumentReader(Reader):
         self.stats.error_examples.append((os.path.basename(self.path), message[:200]))
 
 
-def make_reader(path: str, source: str, state: SourceState, spec: LogSpec, max_line_bytes: int) -> Reader:
+def make_reader(path: str, source: str, sink: RecordSink, spec: LogSpec, max_line_bytes: int) -> Reader:
     fmt = spec.format if spec.format not in ("auto", None) else (format_by_name(path) or "auto")
     if fmt == "tensorboard":
-        return TensorBoardReader(path, source, state)
+        return TensorBoardReader(path, source, sink)
     if fmt in ("trainer_state", "hparams"):
-        return DocumentReader(path, source, state, fmt)
-    return LineReader(path, source, state, spec, max_line_bytes)
+        return DocumentReader(path, source, sink, fmt)
+    return LineReader(path, source, sink, spec, max_line_bytes)

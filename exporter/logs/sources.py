@@ -1,9 +1,10 @@
-"""From configured log paths to per-source training state: discovery, one reader per file,
-and the background loop that follows them all.
+"""From configured log paths to records per source: discovery, one reader per file, and the
+background loop that follows them all.
 
 A *source* is what the ``source`` label names: one training log as a user thinks of it (a
 rank's console log, a Lightning run directory). A source may be fed by several files (a
-run directory's metrics.csv and hparams.yaml; a TensorBoard run's event files).
+run directory's metrics.csv and hparams.yaml; a TensorBoard run's event files). The follower
+hands each source's records to a sink and knows nothing of what becomes of them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
-from ..training.signals import SignalSettings, SourceState
-from ..training.vocabulary import Vocabulary
 from .detect import is_known_file
-from .readers import DocumentReader, LogSpec, Reader, make_reader
-from .watch import Waker
+from .readers import DocumentReader, LogSpec, Reader, RecordSink, make_reader
+from .watch import Changes, Waker
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,44 @@ def source_name(path: str, spec: LogSpec) -> str:
     return name
 
 
-class LogFollower:
-    """Discovers files, keeps one reader per file and one state per source, and follows them
-    in a background thread: woken by inotify, or by polling where inotify is unavailable."""
+@dataclass(frozen=True)
+class FileStatus:
+    """One followed file as the collector sees it: a copy, taken when asked."""
 
-    def __init__(self, specs: list[LogSpec], signal_settings: SignalSettings, vocabulary: Vocabulary,
-                 max_line_bytes: int = 1 << 20, poll_interval: float = 0.1,
-                 rescan_interval: float = 2.0, keep_history: bool = False) -> None:
+    path: str
+    source: str
+    format: str
+    exists: bool
+    lines: int
+    parse_errors: int
+    ignored: int
+    too_long: int
+    bytes: int
+    resets: dict[str, int]
+    last_update: float | None
+    ignored_examples: tuple[str, ...] = ()
+    error_examples: tuple[tuple[str, str], ...] = ()
+
+
+class LogFollower:
+    """Discovers files, keeps one reader per file, and follows them in a background thread:
+    woken by inotify for the files that changed, or by polling where inotify is unavailable.
+
+    Reading is rate-limited to once per ``poll_interval``: writes that come closer together are
+    read together, so a trainer's many small writes (a progress bar redrawn ten times a second)
+    cost one wake-up per interval, and a line waits at most that long to be read.
+    """
+
+    def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
+                 poll_interval: float = 0.1, rescan_interval: float = 2.0) -> None:
         self.specs = specs
-        self.signal_settings = signal_settings
-        self.vocabulary = vocabulary
+        self.sink = sink
         self.max_line_bytes = max_line_bytes
         self.poll_interval = poll_interval
         self.rescan_interval = rescan_interval
-        self.keep_history = keep_history
-        # Replaced whole, never mutated, so the scrape thread can read them without a lock.
+        # Replaced whole, never mutated, so the scrape thread can read it without a lock.
         self.readers: dict[str, Reader] = {}
-        self.states: dict[str, SourceState] = {}
+        self._by_watched_path: dict[str, Reader] = {}  # where inotify names a reader's file
         self._claimed_names: dict[str, str] = {}  # source name -> the path that named it first
         self._waker = Waker()
         self._stop = threading.Event()
@@ -87,7 +108,7 @@ class LogFollower:
     # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> None:
-        readers, states = dict(self.readers), dict(self.states)
+        readers = dict(self.readers)
         for spec in self.specs:
             paths = expand(spec)
             trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
@@ -99,22 +120,24 @@ class LogFollower:
                 if path in readers:
                     continue
                 source = self._unique_source(source_name(path, spec), path, spec)
-                state = states.get(source)
-                if state is None:
-                    state = states[source] = SourceState(self.signal_settings, self.vocabulary, self.keep_history)
+                self.sink.add_source(source)
                 if os.path.basename(path) == "trainer_state.json":
                     previous = next((r for r in readers.values() if r.source == source
                                      and isinstance(r, DocumentReader) and r.format_name == "trainer_state"), None)
                     if previous is not None:
                         # A newer checkpoint's copy continues the same history.
                         readers.pop(previous.path).close()
-                        readers[path] = DocumentReader(path, source, state, "trainer_state",
+                        readers[path] = DocumentReader(path, source, self.sink, "trainer_state",
                                                        already_applied=previous.applied)
                         continue
-                readers[path] = make_reader(path, source, state, spec, self.max_line_bytes)
+                readers[path] = make_reader(path, source, self.sink, spec, self.max_line_bytes)
                 log.info("following %r as source %r", path, source)
             self._watch(spec, paths)
-        self.readers, self.states = readers, states
+        self.readers = readers
+        self._by_watched_path = {}
+        for path, reader in readers.items():
+            self._by_watched_path[os.path.abspath(path)] = reader
+            self._by_watched_path[os.path.realpath(path)] = reader
         self._scanned_once = True
         self._last_scan = time.monotonic()
 
@@ -128,7 +151,9 @@ class LogFollower:
         return f"{parent}/{name}"
 
     def _watch(self, spec: LogSpec, paths: list[str]) -> None:
+        # A log's own directory and, for a symlink, its target's: the writes happen there.
         directories = {os.path.dirname(os.path.abspath(p)) for p in paths}
+        directories |= {os.path.dirname(os.path.realpath(p)) for p in paths}
         if os.path.isdir(spec.path):
             directories.add(os.path.abspath(spec.path))
         for directory in directories:
@@ -137,8 +162,8 @@ class LogFollower:
 
     # -- following -------------------------------------------------------------------------
 
-    def poll_all(self) -> None:
-        for reader in self.readers.values():
+    def poll(self, readers) -> None:
+        for reader in readers:
             try:
                 reader.poll()
             except Exception:  # noqa: BLE001 - one bad file must not stop the others
@@ -149,13 +174,22 @@ class LogFollower:
         """Read everything there is now (for offline inspection)."""
         self.discover()
         for _ in range(max_passes):
-            self.poll_all()
+            self.poll(self.readers.values())
             if self.ready:
                 break
 
     @property
     def ready(self) -> bool:
         return self._scanned_once and all(r.caught_up for r in self.readers.values())
+
+    def files(self) -> list[FileStatus]:
+        """Every followed file, as it stands now."""
+        return [FileStatus(path=r.path, source=r.source, format=r.format_name, exists=r.exists,
+                           lines=r.stats.lines, parse_errors=r.stats.parse_errors, ignored=r.stats.ignored,
+                           too_long=r.stats.too_long, bytes=r.stats.bytes, resets=dict(r.stats.resets),
+                           last_update=r.stats.last_update, ignored_examples=tuple(r.stats.ignored_examples),
+                           error_examples=tuple(r.stats.error_examples))
+                for r in list(self.readers.values())]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="log-follower", daemon=True)
@@ -171,21 +205,47 @@ class LogFollower:
         self._waker.close()
 
     def _run(self) -> None:
-        # With inotify, polls happen on change; the timeout is only a safety net (NFS, a
-        # directory that did not exist yet). Without it, the timeout is the poll interval.
-        idle_wait = 1.0 if self._waker.uses_inotify else self.poll_interval
+        changed: Changes | None = None
+        last_poll = 0.0
         while not self._stop.is_set():
             try:
-                if not self._scanned_once or time.monotonic() - self._last_scan >= self.rescan_interval:
+                if not self._scanned_once or time.monotonic() - self._last_scan >= self.rescan_interval \
+                        or (changed is not None and changed.names):
                     self.discover()
-                self.poll_all()
+                    changed = None  # after a rescan every file is read
+                last_poll = time.monotonic()
+                self.poll(self._changed_readers(changed))
             except Exception:  # noqa: BLE001 - the follower must outlive any surprise
                 log.exception("log follower error; continuing")
-                self._stop.wait(idle_wait)
+                self._stop.wait(self.poll_interval)
+                changed = None
                 continue
             if not self.ready:
+                changed = None
                 continue  # a backlog is waiting: keep reading
-            self._waker.wait(min(idle_wait, self.rescan_interval))
+            changed = self._wait(last_poll)
+
+    def _changed_readers(self, changed: Changes | None):
+        if changed is None or changed.everything or not self._waker.uses_inotify:
+            return self.readers.values()
+        by_path = self._by_watched_path
+        return {by_path[path] for path in changed.paths if path in by_path}
+
+    def _wait(self, last_poll: float) -> Changes:
+        """The changes to read next: waits for one, then for the rest of the interval since the
+        last read, gathering what else changed meanwhile. Without inotify, the interval alone."""
+        until_rescan = max(0.0, self._last_scan + self.rescan_interval - time.monotonic())
+        if not self._waker.uses_inotify:
+            self._waker.wait(min(self.poll_interval, until_rescan))
+            return Changes()
+        changed = self._waker.wait(until_rescan)
+        rest = last_poll + self.poll_interval - time.monotonic()
+        if rest > 0 and (changed.paths or changed.everything) and not self._stop.wait(rest):
+            more = self._waker.wait(0)
+            changed.paths |= more.paths
+            changed.everything |= more.everything
+            changed.names |= more.names
+        return changed
 
 
 def _mtime(path: str) -> float:

@@ -1,6 +1,6 @@
-"""Waking the follower when a watched directory changes: inotify where Linux offers it, else a
-plain timeout. Only a wake-up signal: the follower polls its files after every wake-up, so a
-missed or coalesced event costs latency, never data.
+"""Waking the follower when a watched directory changes, and saying which files changed:
+inotify where Linux offers it, else a plain timeout. A missed or coalesced event costs latency,
+never data: the follower reads every file again at each rescan.
 """
 
 from __future__ import annotations
@@ -10,22 +10,43 @@ import ctypes.util
 import logging
 import os
 import select
+import struct
 
 log = logging.getLogger(__name__)
 
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x002, 0x004, 0x008
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x040, 0x080, 0x100, 0x200
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
 # Data appended, files created, moved in or out, deleted, attributes (truncate) changed.
-_IN_MASK = 0x002 | 0x004 | 0x008 | 0x040 | 0x080 | 0x100 | 0x200 | 0x400 | 0x800
+_IN_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE
+            | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF)
+# A name appearing or going away: the set of files to follow may have changed.
+_NAMES_CHANGED = _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+class Changes:
+    """What changed since the last wait: the paths written to, and whether anything happened
+    that only a look at every file can sort out (a name came or went, the queue overflowed)."""
+
+    __slots__ = ("paths", "everything", "names")
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.everything = False
+        self.names = False  # a file appeared, moved or went away
 
 
 class Waker:
-    """``wait(timeout)`` returns early when something in a watched directory changes, or when
-    ``interrupt()`` is called (so that stopping never waits out a timeout)."""
+    """``wait(timeout)`` returns the changes in watched directories as soon as there are any,
+    or when ``interrupt()`` is called (so that stopping never waits out a timeout)."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
         self._watched: dict[str, tuple[int, int]] = {}  # directory -> its (device, inode) when watched
+        self._directories: dict[int, str] = {}  # watch descriptor -> directory
         self._libc = None
         self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -57,18 +78,49 @@ class Waker:
         identity = (stat.st_dev, stat.st_ino)
         if self._watched.get(directory) == identity:
             return
-        if self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK) >= 0:
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK)
+        if wd >= 0:
             self._watched[directory] = identity
+            self._directories[wd] = directory
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> Changes:
+        changes = Changes()
         watched = [fd for fd in (self._fd, self._interrupt_read) if fd is not None and fd >= 0]
         ready, _, _ = select.select(watched, [], [], timeout)  # with nothing to watch, a sleep
-        for fd in ready:
+        if self._interrupt_read in ready:
+            _drain(self._interrupt_read)
+        if self._fd is not None and self._fd in ready:
+            self._read_events(changes)
+        return changes
+
+    def _read_events(self, changes: Changes) -> None:
+        while True:
             try:
-                while os.read(fd, 65536):
-                    pass  # drain: what changed does not matter, only that something did
+                data = os.read(self._fd, 65536)
             except OSError:  # BlockingIOError once drained
-                pass
+                return
+            if not data:
+                return
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
+                offset += _EVENT.size + length
+                directory = self._directories.get(wd)
+                if mask & _IN_Q_OVERFLOW or directory is None:
+                    changes.everything = True
+                    continue
+                if mask & _IN_IGNORED:  # the watch is gone with its directory
+                    self._directories.pop(wd, None)
+                    self._watched.pop(directory, None)
+                    changes.everything = changes.names = True
+                    continue
+                if mask & _NAMES_CHANGED or not name:
+                    changes.names = True
+                if name:
+                    changes.paths.add(os.path.join(directory, os.fsdecode(name)))
+                else:
+                    changes.everything = True
 
     def interrupt(self) -> None:
         try:
@@ -84,3 +136,11 @@ class Waker:
             if fd >= 0:
                 os.close(fd)
         self._interrupt_read = self._interrupt_write = -1
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # BlockingIOError once drained
+        pass

@@ -1,14 +1,16 @@
-"""Training state into metric families, at scrape time."""
+"""Training state, and the state of the files it comes from, into metric families at scrape
+time. Reads copies: each source's snapshot, taken under its lock, and the files' status."""
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..collector_base import Collector
 from ..family import Family
-from ..logs.sources import LogFollower
+from ..logs.sources import FileStatus
 from .signals import DEDICATED
+from .states import TrainingStates
 
 GAUGE, COUNTER, INFO = "gauge", "counter", "info"
 
@@ -27,21 +29,16 @@ _DEDICATED_HELP = {
 class TrainingCollector(Collector):
     name = "training"
 
-    def __init__(self, follower: LogFollower) -> None:
-        self.follower = follower
-
-    def start(self) -> None:
-        self.follower.start()
-
-    def stop(self) -> None:
-        self.follower.stop()
+    def __init__(self, states: TrainingStates, files: Callable[[], list[FileStatus]]) -> None:
+        self.states = states
+        self.files = files
 
     def collect(self) -> Iterable[Family]:
         yield from self._signal_families()
-        yield from self._reader_families()
+        yield from self._file_families()
 
     def _signal_families(self) -> Iterable[Family]:
-        settings = self.follower.signal_settings
+        settings = self.states.settings
         dedicated = {name: Family(f"training_{name}", help_, GAUGE) for name, help_ in _DEDICATED_HELP.items()}
         step = Family("training_step", "Latest training step (iteration) the log reported.", GAUGE)
         value = Family("training_value", "Latest value of any other numeric key the log reported.", GAUGE)
@@ -76,9 +73,9 @@ class TrainingCollector(Collector):
         dropped = Family("training_dropped_keys",
                          "Keys dropped because the source reached its limit of distinct keys.", COUNTER)
 
-        for source, state in sorted(self.follower.states.items()):
+        for source, rank, state in self.states.items():
             snap = state.snapshot()
-            src = (("source", source),)
+            src = (("source", source),) if rank is None else (("source", source), ("rank", rank))
             for name in DEDICATED:
                 if name in snap.values:
                     dedicated[name].add(src, snap.values[name])
@@ -123,7 +120,7 @@ class TrainingCollector(Collector):
         yield from (value, nonfinite, records, oom, overflow, progress, last_record, rate, max_steps, eta,
                     best, best_step, since_best, evals, patience, baseline, spikes, hparam, hparam_info, dropped)
 
-    def _reader_families(self) -> Iterable[Family]:
+    def _file_families(self) -> Iterable[Family]:
         lines = Family("training_log_lines", "Lines (or binary records) read from the source's files.", COUNTER)
         errors = Family("training_log_parse_errors",
                         "Lines that belong to the format but could not be read (skipped).", COUNTER)
@@ -137,21 +134,20 @@ class TrainingCollector(Collector):
         fmt = Family("training_log_format", "The format each of the source's files is read as.", INFO)
 
         totals: dict[str, dict] = {}
-        for reader in self.follower.readers.values():
-            entry = totals.setdefault(reader.source, {"lines": 0, "errors": 0, "too_long": 0, "bytes": 0,
-                                                      "resets": {}, "updated": None, "up": 1, "formats": set()})
-            stats = reader.stats
-            entry["lines"] += stats.lines
-            entry["errors"] += stats.parse_errors
-            entry["too_long"] += stats.too_long
-            entry["bytes"] += stats.bytes
-            for reason, count in stats.resets.items():
+        for file in self.files():
+            entry = totals.setdefault(file.source, {"lines": 0, "errors": 0, "too_long": 0, "bytes": 0,
+                                                    "resets": {}, "updated": None, "up": 1, "formats": set()})
+            entry["lines"] += file.lines
+            entry["errors"] += file.parse_errors
+            entry["too_long"] += file.too_long
+            entry["bytes"] += file.bytes
+            for reason, count in file.resets.items():
                 entry["resets"][reason] = entry["resets"].get(reason, 0) + count
-            if stats.last_update is not None:
-                entry["updated"] = max(entry["updated"] or 0.0, stats.last_update)
-            if not reader.exists:
+            if file.last_update is not None:
+                entry["updated"] = max(entry["updated"] or 0.0, file.last_update)
+            if not file.exists:
                 entry["up"] = 0
-            entry["formats"].add(reader.format_name)
+            entry["formats"].add(file.format)
         for source, entry in sorted(totals.items()):
             src = (("source", source),)
             lines.add(src, entry["lines"])

@@ -1,18 +1,18 @@
 """Training semantics, per source: best-so-far, patience, non-finite values, spikes, progress.
 
-Knows nothing of files or Prometheus. A reader feeds ``SourceState.apply`` with records and the
+Knows nothing of files or Prometheus. Records go in through ``SourceState.apply_all`` with the
 time they were observed; the collector reads a ``snapshot`` at scrape time.
 """
 
 from __future__ import annotations
 
-import math
 import bisect
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..logs.formats.base import Event, Kind, Record, Run
+from ..logs.formats.base import Event, Kind, Record
 from .vocabulary import Vocabulary, normalise
 
 # Canonical values that have a dedicated metric; every other key goes to the generic gauge.
@@ -20,9 +20,12 @@ DEDICATED = ("loss", "validation_loss", "learning_rate", "grad_norm", "epoch",
              "tokens_per_second", "samples_per_second", "loss_scale")
 
 _DEDICATED_SET = frozenset(DEDICATED)
-_TRAIN, _EVAL, _SUMMARY = Kind.TRAIN, Kind.EVAL, Kind.SUMMARY  # module globals: a cheaper lookup
+_TRAIN, _EVAL, _SUMMARY = Kind.TRAIN, Kind.EVAL, Kind.SUMMARY
 MAX_META_STRING = 64
 RATE_WINDOW_SECONDS = 300.0
+MAX_HISTORY = 10_000  # NaN steps an offline inspection keeps
+MAX_PLANS = 64  # key sets per kind whose names are remembered
+MAX_PLAN_KEY_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,20 @@ class Snapshot:
     key_counts: dict[str, int] = field(default_factory=dict)
 
 
+class _Plan:
+    """What the state does with the values of a record whose keys it has met before: the name
+    of each key, in order, and where the loss and the monitored value are. A log repeats a few
+    key sets for its whole length, so a record's keys are looked up once, not once each."""
+
+    __slots__ = ("names", "loss", "monitor", "kept")
+
+    def __init__(self, names: tuple[str, ...], monitor: str) -> None:
+        self.names = names
+        self.loss = "loss" in names
+        self.monitor = monitor in names
+        self.kept = False  # every name has its place among the latest values (none over the cap)
+
+
 class SourceState:
     """Everything one log source has said so far, turned into training signals."""
 
@@ -77,8 +94,10 @@ class SourceState:
         self.settings = settings
         self.vocabulary = vocabulary
         self._lock = threading.Lock()
-        self._values: dict[str, float] = {}
-        self._extra: dict[str, float] = {}
+        # The latest value of every name: the dedicated ones, and up to max_keys others.
+        self._latest: dict[str, float] = {}
+        self._others = 0  # names in _latest that are not dedicated
+        self._plans: dict[Kind, dict[tuple[str, ...], _Plan]] = {kind: {} for kind in Kind}
         self._step: int | None = None
         self._highest_step: int | None = None
         self._seen_explicit_step = False
@@ -88,7 +107,7 @@ class SourceState:
         self._max_steps: float | None = None
         self._progress: tuple[int, int] | None = None
         self._nonfinite: dict[str, int] = {}
-        self._nonfinite_at: dict[str, int | None] = {}  # the step of each key's last NaN
+        self._nonfinite_at: dict[str, int] = {}  # the explicit step of each key's last NaN
         self._records = {kind.value: 0 for kind in Kind}
         self._events = {event.value: 0 for event in Event}
         self._best: float | None = None
@@ -102,7 +121,6 @@ class SourceState:
         self._dropped_keys_total = 0
         self._meta_numbers: dict[str, float] = {}
         self._meta_strings: dict[str, str] = {}
-        self._meta_names: dict[str, str] = {}  # raw meta key -> its normalised name
         # A file rewritten whole (Lightning's CSVLogger does this) is read again from the top:
         # records up to this step were already counted and must not be counted twice.
         self._replay_through: int | None = None
@@ -121,90 +139,15 @@ class SourceState:
 
     def apply(self, record: Record, observed_at: float) -> None:
         """Fold one record into the state. ``observed_at`` is when it was written, at the latest."""
-        with self._lock:
-            self._apply(record, record.wall_time if record.wall_time is not None else observed_at)
+        self.apply_all((record,), observed_at)
 
-    def apply_all(self, records: list[Record], observed_at: float) -> None:
-        """``apply`` each record in order, taking the lock once for them all."""
+    def apply_all(self, records, observed_at: float) -> None:
+        """Fold records into the state in order, under one acquisition of the lock."""
         with self._lock:
-            apply = self._apply
             for record in records:
-                apply(record, record.wall_time if record.wall_time is not None else observed_at)
-
-    def apply_run(self, run: Run, observed_at: float) -> None:
-        """``apply_all(run.records(), observed_at)``, by column where that gives the same state:
-        the usual stretch of a log, steps going up, every value finite, one name per key."""
-        with self._lock:
-            if not self._apply_run(run, observed_at):
-                for record in run.records():
-                    self._apply(record, observed_at)
-
-    def _apply_run(self, run: Run, when: float) -> bool:
-        """Apply the run by column, or do nothing and return False when that could differ from
-        applying its records one by one (a rewritten file being replayed, a step going back, a
-        progress bar of another total, a NaN to count per step, two keys of one name)."""
-        rows, steps, progress = run.rows, run.steps, run.progress
-        if self._replay_through is not None or not run.keys or (steps is not None and progress is not None):
-            return False
-        known, vocabulary = self.vocabulary.names(_TRAIN), self.vocabulary
-        names = [known.get(key) or vocabulary.name(key, _TRAIN) for key in run.keys]
-        if len(set(names)) != len(names):
-            return False
-        columns = list(zip(*rows))
-        for column in columns:
-            # The sum of finite values is finite unless it overflows; either way, count by record.
-            if math.isinf(total := sum(column)) or total != total:
-                return False
-        if progress is not None:
-            total = progress[0][1]
-            if self._progress is not None and total < self._progress[1]:
-                return False
-            if any(bar[1] != total for bar in progress):
-                return False
-            advancing = None if self._seen_explicit_step else [done for done, _ in progress]
-        else:
-            advancing = steps
-        if advancing is not None:
-            if advancing[0] == self._step:
-                advancing = advancing[1:]  # the step the state is at already: no advance
-            if not _rising(advancing, self._step):
-                return False
-
-        # From here on the run is applied: the same changes as its records', in effect.
-        count = len(rows)
-        self._last_record_time = when
-        self._records["train"] += count
-        if run.meta:
-            for key, value in run.meta.items():
-                self._set_repeated(self._set_meta, key, value, count)
-        if progress is not None:
-            self._progress = progress[-1]
-        if steps is not None:
-            self._seen_explicit_step = True
-        if advancing:
-            self._last_progress_time = when
-            self._advances.extend((when, step) for step in advancing[-self._advances.maxlen:])
-            self._step = advancing[-1]
-            if self._highest_step is None or self._step > self._highest_step:
-                self._highest_step = self._step
-        elif not self._seen_explicit_step and self._progress is None:
-            self._last_progress_time = when  # a dialect without steps or bars: each line is progress
-
-        values, counts = self._values, self._key_counts if self._keep_history else None
-        for name, column in zip(names, columns):
-            if name in _DEDICATED_SET:
-                values[name] = column[-1]
-            else:
-                self._set_repeated(self._set_extra, name, column[-1], count)
-            if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
-                counts[name] = counts.get(name, 0) + count
-        if "loss" in names:
-            self._judge_spikes(columns[names.index("loss")])
-        return True
+                self._apply(record, record.wall_time if record.wall_time is not None else observed_at)
 
     def _apply(self, record: Record, when: float) -> None:
-        # The hot path of reading a log: written for speed (locals, identity tests, the enums'
-        # _value_ attribute rather than the .value descriptor), every branch as documented.
         step = record.step
         replay = False
         if self._replay_through is not None and step is not None:
@@ -215,12 +158,12 @@ class SourceState:
 
         if record.event is not None:
             if not replay:
-                self._events[record.event._value_] += 1
+                self._events[record.event.value] += 1
             return
         self._last_record_time = when
-        kind, values_in = record.kind, record.values
-        if not replay and (values_in or kind is _SUMMARY):
-            self._records[kind._value_] += 1
+        kind, values = record.kind, record.values
+        if not replay and (values or kind is _SUMMARY):
+            self._records[kind.value] += 1
         if record.meta:
             for key, value in record.meta.items():
                 self._set_meta(key, value)
@@ -229,61 +172,65 @@ class SourceState:
 
         if kind is _SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss.
-            for key, value in values_in.items():
-                self._set_extra("summary_" + normalise(key), value)
+            for key, value in values.items():
+                self._set_latest("summary_" + normalise(key), value)
             return
-
         if step is not None:
             self._seen_explicit_step = True
-            if self._step is None or step > self._step:  # _advance, inline
-                self._last_progress_time = when
-                self._advances.append((when, step))
-                self._step = step
-                if self._highest_step is None or step > self._highest_step:
-                    self._highest_step = step
-            else:
-                self._advance(step, when)
-        elif kind is _TRAIN and values_in and not self._seen_explicit_step and self._progress is None:
+            self._advance(step, when)
+        elif kind is _TRAIN and values and not self._seen_explicit_step and self._progress is None:
             # A dialect without steps and without a progress bar: each train line is progress.
             self._last_progress_time = when
-        if not values_in:
-            return
+        if values:
+            self._apply_values(kind, values, step, replay)
 
-        known, vocabulary, monitor = self.vocabulary.names(kind), self.vocabulary, self.settings.monitor
-        values, extra, counts = self._values, self._extra, self._key_counts if self._keep_history else None
-        saw_loss = saw_monitor = False
-        for key, value in values_in.items():
-            name = known.get(key) or vocabulary.name(key, kind)
-            if value - value:  # NaN or an infinity: for any finite x, x - x is 0.0
-                if not replay:
-                    self._count_nonfinite(name, step if step is not None else self._step)
-            if name in _DEDICATED_SET:
-                values[name] = value
-            elif name in extra:
-                extra[name] = value
-            else:
-                self._set_extra(name, value)
-            if counts is not None and (name in counts or len(counts) < self.settings.max_keys + len(DEDICATED)):
-                counts[name] = counts.get(name, 0) + 1
-            if name == "loss":
-                saw_loss = True
-            if name == monitor:
-                saw_monitor = True
+    def _apply_values(self, kind: Kind, values: dict[str, float], step: int | None, replay: bool) -> None:
+        plans = self._plans[kind]
+        keys = tuple(values)
+        plan = plans.get(keys)
+        latest = self._latest
+        if plan is None:
+            name = self.vocabulary.name
+            plan = _Plan(tuple(name(key, kind) for key in keys), self.settings.monitor)
+            # A log that invents key sets, or keys of any length, is read all the same, by the
+            # long way: only a few plans of ordinary keys are kept.
+            if len(plans) < MAX_PLANS and sum(map(len, keys)) <= MAX_PLAN_KEY_CHARS:
+                plans[keys] = plan
+        names = plan.names
+        numbers = values.values()
+        if plan.kept:
+            latest.update(zip(names, numbers))
+        else:
+            for name, number in zip(names, numbers):
+                self._set_latest(name, number)
+            plan.kept = latest.keys() >= set(names)  # none was dropped: names are never let go
+        total = sum(numbers)
+        if total - total and not replay:  # some value is NaN or infinite (x - x is 0.0 for finite x)
+            for name, number in zip(names, numbers):
+                if number - number:
+                    self._count_nonfinite(name, step)
+        if self._keep_history:
+            counts, room = self._key_counts, self.settings.max_keys + len(DEDICATED)
+            for name in names:
+                if name in counts or len(counts) < room:
+                    counts[name] = counts.get(name, 0) + 1
         if replay:
             return
-        if saw_loss and kind is _TRAIN:
-            self._judge_spikes((values["loss"],))
-        if saw_monitor and kind is _EVAL:
-            value = values[monitor] if monitor in values else extra.get(monitor)
+        if plan.loss and kind is _TRAIN and "loss" in latest:
+            self._judge_spike(latest["loss"])
+        if plan.monitor and kind is _EVAL:
+            value = latest.get(self.settings.monitor)
             if value is not None:
                 self._judge_evaluation(value, step if step is not None else self._step)
 
     def _advance(self, step: int, when: float) -> None:
+        """The step the log is at now: progress when it moved up; a resume from an earlier
+        checkpoint when it moved down, which makes the old step rate moot."""
         if self._step is None or step > self._step:
             self._last_progress_time = when
             self._advances.append((when, step))
         elif step < self._step:
-            self._advances.clear()  # resumed from an earlier checkpoint: the old rate is moot
+            self._advances.clear()
         self._step = step
         if self._highest_step is None or step > self._highest_step:
             self._highest_step = step
@@ -298,72 +245,62 @@ class SourceState:
             self._advance(done, when)
 
     def _count_nonfinite(self, name: str, step: int | None) -> None:
-        # One NaN per key and step: a progress bar redrawn beside its step line (torchtune) or a
-        # value logged twice must not count twice.
-        if step is not None and self._nonfinite_at.get(name) == step:
-            return
-        if name not in self._nonfinite and len(self._nonfinite) >= self.settings.max_keys:
-            self._dropped_keys_total += 1
+        # One NaN per key and logged step: a progress bar redrawn beside its step line (torchtune)
+        # says the same NaN twice. A record without a step of its own is never the same as another.
+        if step is not None:
+            if self._nonfinite_at.get(name) == step:
+                return
+        if not self._admit(self._nonfinite, name):
             return
         self._nonfinite[name] = self._nonfinite.get(name, 0) + 1
-        self._nonfinite_at[name] = step
-        if self._keep_history and len(self._nonfinite_steps) < 10_000:
-            self._nonfinite_steps.append((step, name))
+        if step is not None:
+            self._nonfinite_at[name] = step
+        if self._keep_history and len(self._nonfinite_steps) < MAX_HISTORY:
+            self._nonfinite_steps.append((step if step is not None else self._step, name))
 
-    def _set_repeated(self, setter, name: str, value, count: int) -> None:
-        """``setter(name, value)`` as ``count`` records saying the same would call it: the value
-        is set once, a key dropped for the cap is counted ``count`` times."""
-        dropped = self._dropped_keys_total
-        setter(name, value)
-        self._dropped_keys_total += (self._dropped_keys_total - dropped) * (count - 1)
+    def _admit(self, names: dict, name: str, taken: int | None = None) -> bool:
+        """Whether ``name`` may be kept in ``names``: it is there already, or fewer than max_keys
+        names are (``taken`` of them, where not all of ``names`` count). A name turned away is
+        counted as dropped."""
+        if name in names or (len(names) if taken is None else taken) < self.settings.max_keys:
+            return True
+        self._dropped_keys_total += 1
+        return False
 
-    def _set_extra(self, name: str, value: float) -> None:
-        if name not in self._extra and len(self._extra) >= self.settings.max_keys:
-            self._dropped_keys_total += 1
-            return
-        self._extra[name] = value
+    def _set_latest(self, name: str, value: float) -> None:
+        if name in _DEDICATED_SET or name in self._latest:
+            self._latest[name] = value
+        elif self._admit(self._latest, name, self._others):
+            self._latest[name] = value
+            self._others += 1
 
     def _set_meta(self, key: str, value: float | str) -> None:
-        name = self._meta_names.get(key)
-        if name is None:
-            name = normalise(key)
-            if len(self._meta_names) < 1000 and len(key) <= 256:  # Megatron repeats max_steps every line
-                self._meta_names[key] = name
+        name = normalise(key)
         if name == "max_steps" and isinstance(value, (int, float)) and value > 0:
             self._max_steps = float(value)
-        if isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, (int, float)):
+        if isinstance(value, (bool, int, float)):
             target: dict = self._meta_numbers
             value = float(value)
         elif isinstance(value, str) and value and len(value) <= MAX_META_STRING and value.isprintable():
             target = self._meta_strings
         else:
             return
-        if name not in target and len(self._meta_numbers) + len(self._meta_strings) >= self.settings.max_keys:
-            self._dropped_keys_total += 1
-            return
-        target[name] = value
+        if name in target or self._admit(target, name, len(self._meta_numbers) + len(self._meta_strings)):
+            target[name] = value
 
-    def _judge_spikes(self, losses) -> None:
-        """Each training loss in turn against the median of the finite losses before it."""
+    def _judge_spike(self, loss: float) -> None:
+        """A training loss against the median of the finite losses before it."""
+        if loss - loss:  # NaN or an infinity: counted as non-finite, never a spike
+            return
         window, ordered, settings = self._recent_losses, self._recent_sorted, self.settings
-        factor, min_points, insort, bisect_left = settings.spike_factor, settings.spike_min_points, bisect.insort, bisect.bisect_left
-        spikes = 0
-        for loss in losses:
-            if loss - loss:  # NaN or an infinity
-                continue
-            size = len(window)  # the ordered copy is as long
-            if size >= min_points:
-                middle = size // 2  # _median, inline: a call per training line is 5% of reading
-                baseline = ordered[middle] if size % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-                if baseline > 0 and loss >= factor * baseline:
-                    spikes += 1
-            if size == window.maxlen:
-                del ordered[bisect_left(ordered, window[0])]
-            window.append(loss)
-            insort(ordered, loss)
-        self._spikes_total += spikes
+        if len(window) >= settings.spike_min_points:
+            baseline = _median(ordered)
+            if baseline > 0 and loss >= settings.spike_factor * baseline:
+                self._spikes_total += 1
+        if len(window) == window.maxlen:
+            del ordered[bisect.bisect_left(ordered, window[0])]
+        window.append(loss)
+        bisect.insort(ordered, loss)
 
     def _judge_evaluation(self, value: float, step: int | None) -> None:
         """EarlyStopping's rule: improvement means beating the best by more than min_delta."""
@@ -398,9 +335,10 @@ class SourceState:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
+            latest = self._latest
             return Snapshot(
-                values=dict(self._values),
-                extra=dict(self._extra),
+                values={name: value for name, value in latest.items() if name in _DEDICATED_SET},
+                extra={name: value for name, value in latest.items() if name not in _DEDICATED_SET},
                 step=self._step,
                 last_progress_time=self._last_progress_time,
                 last_record_time=self._last_record_time,
@@ -426,16 +364,6 @@ class SourceState:
                 best_history=list(self._best_history),
                 key_counts=dict(self._key_counts),
             )
-
-
-def _rising(steps: list[int], after: int | None) -> bool:
-    """Each step above the one before it, the first above ``after``."""
-    previous = after
-    for step in steps:
-        if previous is not None and step <= previous:
-            return False
-        previous = step
-    return True
 
 
 def _median(ordered: list[float]) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ..logs.formats.base import Kind
+from ..logs.formats.base import TRAIN_PREFIXES, VALIDATION_PREFIXES, Kind
 
 # Canonical name -> aliases, as normalised keys.
 DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -28,13 +28,11 @@ DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
     "loss_scale": ("loss_scale",),
 }
 
-# Frameworks that prefix every key of an eval/train record: stripped before lookup so that
-# ``eval/loss`` and ``train/loss`` find their canonical name through the record's kind.
-_SPLIT_PREFIXES = {
-    Kind.EVAL: ("eval_", "eval/", "val_", "val/", "valid_", "validation_", "validation/"),
-    Kind.TRAIN: ("train_", "train/", "training/"),
-}
-_TRAIN_PREFIXES = _SPLIT_PREFIXES[Kind.TRAIN]
+# Frameworks prefix the keys of an evaluation or a training record with the split's name
+# (``eval/loss``, ``train_loss``): the prefix is stripped before the lookup, so each finds its
+# canonical name through the record's kind. Keys are normalised first: "/" becomes "_".
+_VALIDATION_PREFIXES = tuple(dict.fromkeys(prefix.replace("/", "_") for prefix in VALIDATION_PREFIXES))
+_TRAIN_PREFIXES = tuple(dict.fromkeys(prefix.replace("/", "_") for prefix in TRAIN_PREFIXES))
 
 _FOLD = re.compile(r"[^a-z0-9]+")
 # What normalise returns unchanged: lower-case letters and digits, single "_" between them.
@@ -65,17 +63,8 @@ class Vocabulary:
             for alias in aliases:
                 self._canonical[normalise(alias)] = name
         self.canonical_names = frozenset(DEFAULT_ALIASES) | frozenset(extra_aliases or {})
-        # Raw key -> name, one dict per kind: callers look a key up in the dict of their record's
-        # kind without a function call, and call name() only for keys not seen yet.
-        self._caches: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}
-        self._train_names = self._caches[Kind.TRAIN]
+        self._caches: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}  # raw key -> name
         self._cached = 0
-
-    def names(self, kind: Kind) -> dict[str, str]:
-        """The names already worked out for records of this kind (read-only for callers)."""
-        if kind is Kind.TRAIN:  # identity first: hashing an Enum member runs Python code
-            return self._train_names
-        return self._caches[kind]
 
     def name(self, raw_key: str, kind: Kind) -> str:
         """The name a value is exported under: canonical where known, else the folded key."""
@@ -94,7 +83,7 @@ class Vocabulary:
             # In an eval record, a plain "loss" is the validation loss (Keras, fairseq, nanoGPT).
             if key in ("loss", "lm_loss"):
                 return "validation_loss"
-            for prefix in _SPLIT_PREFIXES[Kind.EVAL]:
+            for prefix in _VALIDATION_PREFIXES:
                 if key.startswith(prefix) and key[len(prefix):] in ("loss", "lm_loss"):
                     return "validation_loss"
         found = self._canonical.get(key)

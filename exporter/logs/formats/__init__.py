@@ -1,26 +1,23 @@
-"""Log dialects. Each module knows one dialect: text (or bytes) in, records out; no I/O, no state
-beyond what the dialect itself needs (a CSV header, a partial binary record).
+"""Log dialects: one module per way a trainer prints its metrics.
 
-Line formats share one small interface::
+A dialect is a class with a ``name`` and one method::
 
-    fmt = LINE_FORMATS["megatron"]()
-    fmt.parse("iteration 10/ 100 | ... |")  -> list[Record]   ([] when the line is not ours)
+    Megatron().parse("iteration 10/ 100 | lm loss: 2.3 |")  -> list[Record]   ([] when not its line)
 
-``parse`` raises ``ParseError`` when a line is clearly of its dialect but cannot be read; the
-caller counts and skips it.
+``parse`` gets a payload: one line as the trainer printed it, with whatever a container runtime,
+a launcher or Python ``logging`` wrapped around it already taken off (``logs/envelopes.py``).
+It raises ``ParseError`` when a line is clearly of its dialect but cannot be read; the reader
+counts and skips it. No I/O, and no state beyond what the dialect itself needs (a CSV header).
 
-A format that learns the layouts of its metrics lines may also offer ``read_run(lines, start,
-end)``: the ``Run`` of lines from ``lines[start]`` on, before ``lines[end]``, that its learned
-layouts read as training records, or None. A run reads the lines exactly as ``parse`` would, only
-without a record per line.
+Adding a dialect is one module here, with its tests, and one entry in ``CONSOLE_FORMATS``.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from .base import Event, Kind, ParseError, Record, Run
-from .csvlog import KerasCsv, LightningCsv
+from .base import Event, Kind, ParseError, Record
+from .csvlog import CsvMetrics, KerasCsv, LightningCsv
 from .deepspeed import DeepSpeed
 from .fairseq import Fairseq
 from .hf_console import HuggingFaceConsole
@@ -36,8 +33,7 @@ class LineFormat(Protocol):
     def parse(self, line: str) -> list[Record]: ...
 
 
-# Console dialects, in the order auto-detection tries them: the most specific first, so a
-# generic dialect never claims a line that a specific one understands.
+# The trainers' console dialects, each recognising its own lines only.
 CONSOLE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     "megatron": Megatron,
     "deepspeed": DeepSpeed,
@@ -47,14 +43,20 @@ CONSOLE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     "huggingface": HuggingFaceConsole,
 }
 
+# The order in which a console log's line is tried by the dialects, after the one that read the
+# line before: the most specific first, so that a generic dialect (any JSON object) never claims
+# a line that a specific one understands.
+AUTO_ORDER = ("megatron", "deepspeed", "fairseq", "torchtune", "nanogpt", "jsonl", "huggingface")
+
 LINE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     **CONSOLE_FORMATS,
     "jsonl": JsonLines,
+    "csv": CsvMetrics,
     "lightning_csv": LightningCsv,
     "keras_csv": KerasCsv,
 }
 
-# Formats that are not line-oriented; the reader for each lives beside its parser.
+# Formats that are not read line by line; the reader for each lives beside its parser.
 BINARY_FORMATS = ("tensorboard",)
 DOCUMENT_FORMATS = ("trainer_state", "hparams")
 
@@ -62,6 +64,7 @@ ALL_FORMATS = (*LINE_FORMATS, *BINARY_FORMATS, *DOCUMENT_FORMATS, "regex")
 
 __all__ = [
     "ALL_FORMATS",
+    "AUTO_ORDER",
     "BINARY_FORMATS",
     "CONSOLE_FORMATS",
     "DOCUMENT_FORMATS",
@@ -71,5 +74,4 @@ __all__ = [
     "LineFormat",
     "ParseError",
     "Record",
-    "Run",
 ]

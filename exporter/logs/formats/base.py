@@ -1,4 +1,5 @@
-"""What every log format produces: records, with no I/O and no knowledge of Prometheus."""
+"""What every log dialect produces: records, with no I/O and no knowledge of Prometheus; and the
+few rules about key names that every dialect shares."""
 
 from __future__ import annotations
 
@@ -38,42 +39,9 @@ class Record:
     meta: dict[str, float | str] = field(default_factory=dict)
     # (done, total) from a progress bar such as tqdm's "50/1000".
     progress: tuple[int, int] | None = None
-    # When the log itself says the value was written (TensorBoard's wall_time), if it says.
+    # When the line was written, where something says so: TensorBoard's wall_time, or the
+    # time a container runtime stamped on the line.
     wall_time: float | None = None
-
-
-@dataclass(slots=True)
-class Run:
-    """Consecutive lines that all read by one learned layout as training records, by column.
-
-    A log repeats one layout line after line; a run lets the state take a stretch of such lines
-    without a ``Record`` per line. ``records()`` lists the records the lines read one by one
-    give, and applying the run must do what applying them in order does.
-    """
-
-    keys: tuple[str, ...]
-    rows: list[tuple[float, ...]]  # each line's values, in the order of ``keys``
-    lines: int  # lines read, progress-bar lines included
-    steps: list[int] | None = None  # each row's step, when the lines print one
-    progress: list[tuple[int, int]] | None = None  # each row's progress bar, when one comes first
-    meta: dict[str, float | str] | None = None  # what every line says alike (Megatron's max_steps)
-
-    def records(self) -> list[Record]:
-        keys, steps, progress, meta = self.keys, self.steps, self.progress, self.meta
-        return [Record(values=dict(zip(keys, row)), kind=Kind.TRAIN,
-                       step=steps[i] if steps is not None else None,
-                       progress=progress[i] if progress is not None else None,
-                       meta=dict(meta) if meta else {})
-                for i, row in enumerate(self.rows)]
-
-
-# Lines taken into one run at most: the state applies a run under its lock.
-MAX_RUN = 1024
-
-# Parsers learn the layout of the lines they read often (the keys of a metrics line, in order)
-# and read lines of that layout by one regular expression. Only short lines are learned from:
-# metrics lines are, and a layout keeps its keys.
-MAX_LEARNED_LINE = 4096
 
 
 class ParseError(ValueError):
@@ -100,3 +68,77 @@ def to_float(text: str) -> float:
         return float(cleaned)
     except ValueError:
         raise ParseError(f"not a number: {text[:40]!r}") from None
+
+
+# -- key names shared by every dialect ------------------------------------------------------
+
+# A value measured on the validation split, and one measured on a test split: both are
+# evaluations, but only the first is the validation loss that early stopping watches.
+VALIDATION_PREFIXES = ("eval_", "eval/", "val_", "val/", "valid_", "valid/", "validation_", "validation/")
+TEST_PREFIXES = ("test_", "test/")
+EVAL_PREFIXES = VALIDATION_PREFIXES + TEST_PREFIXES
+TRAIN_PREFIXES = ("train_", "train/", "training_", "training/")
+# A path segment that alone names the split: TensorBoard's "Loss/val", "eval/loss".
+_EVAL_SEGMENTS = frozenset({"eval", "evaluation", "val", "valid", "validation", "test"})
+# Keys that say when, not what: they neither make a record an evaluation nor stop it being one.
+NEUTRAL_KEYS = frozenset({"epoch", "timestamp", "time", "wall_time", "elapsed"})
+# The key by which Hugging Face (and loggers that copy it) mark the end-of-run aggregates.
+SUMMARY_KEY = "train_runtime"
+
+
+def is_eval_key(key: str) -> bool:
+    """``eval_loss``, ``val/acc``, ``Loss/val``, ``test_f1``: a value measured on held-out data."""
+    lowered = key.lower()
+    if lowered.startswith(EVAL_PREFIXES) or lowered in _EVAL_SEGMENTS:
+        return True
+    if "/" not in lowered:
+        return False
+    return any(part in _EVAL_SEGMENTS or part.startswith(EVAL_PREFIXES) for part in lowered.split("/"))
+
+
+def is_neutral_key(key: str) -> bool:
+    return key in NEUTRAL_KEYS or key[:1] == "_"  # "_step", "_runtime": a logger's bookkeeping
+
+
+_NEUTRAL, _EVALUATION, _TRAINING = "neutral", "evaluation", "training"
+_CLASSES: dict[str, str] = {}  # key -> its class: a log repeats its few keys on every line
+
+
+def _key_class(key: str) -> str:
+    found = _CLASSES.get(key)
+    if found is None:
+        found = _NEUTRAL if is_neutral_key(key) else _EVALUATION if is_eval_key(key) else _TRAINING
+        if len(_CLASSES) < 10_000 and len(key) <= 256:
+            _CLASSES[key] = found
+    return found
+
+
+def kind_of(keys) -> Kind:
+    """The kind of a record from its keys alone: the end-of-run summary, an evaluation when every
+    key that measures something is an evaluation key, else a training step."""
+    if SUMMARY_KEY in keys:
+        return Kind.SUMMARY
+    classes = set(map(_key_class, keys))
+    return Kind.EVAL if _EVALUATION in classes and _TRAINING not in classes else Kind.TRAIN
+
+
+def records_by_kind(values: dict[str, float], step: int | None = None) -> list[Record]:
+    """The records that ``values`` hold when one line may carry a training step's values and an
+    evaluation's together (Keras' ``loss: ... - val_loss: ...``, a CSV row, a JSON object with
+    ``train/loss`` and ``eval/loss``): the evaluation keys in an evaluation record, the others in
+    a training record (or the summary), and the keys that say when (the epoch) in each. Keys
+    that only say when make no record."""
+    classes = set(map(_key_class, values))
+    if _TRAINING not in classes and _EVALUATION not in classes:
+        return []  # nothing measured: only when (an epoch), or nothing at all
+    if SUMMARY_KEY in values or _EVALUATION not in classes or _TRAINING not in classes:
+        return [Record(values=values, kind=kind_of(values), step=step)]
+    train: dict[str, float] = {}
+    evaluation: dict[str, float] = {}
+    for key, value in values.items():
+        found = _key_class(key)
+        if found is _NEUTRAL:
+            train[key] = evaluation[key] = value
+        else:
+            (evaluation if found is _EVALUATION else train)[key] = value
+    return [Record(values=train, kind=Kind.TRAIN, step=step), Record(values=evaluation, kind=Kind.EVAL, step=step)]

@@ -12,8 +12,7 @@ import abc
 import csv
 import math
 
-from .base import Kind, ParseError, Record, to_float
-from .jsonl import is_eval_key
+from .base import ParseError, Record, records_by_kind, to_float
 
 MAX_LINE_CHARS = 1 << 20
 
@@ -91,26 +90,15 @@ class LightningCsv(_CsvBase):
 
     def _records(self, row: dict[str, str]) -> list[Record]:
         step = None
-        shared: dict[str, float] = {}
-        train: dict[str, float] = {}
-        evals: dict[str, float] = {}
+        values: dict[str, float] = {}
         for key, cell in row.items():
             if not cell.strip():
                 continue  # a column this row did not log
             if key == "step":
                 step = _step_from(cell, key)
-            elif key == "epoch":
-                shared[key] = to_float(cell)
-            elif is_eval_key(key) or key.lower().startswith("valid"):
-                evals[key] = to_float(cell)
             else:
-                train[key] = to_float(cell)
-        records = []
-        if train:
-            records.append(Record(values={**train, **shared}, kind=Kind.TRAIN, step=step))
-        if evals:
-            records.append(Record(values={**evals, **shared}, kind=Kind.EVAL, step=step))
-        return records
+                values[key] = to_float(cell)
+        return records_by_kind(values, step)
 
 
 class KerasCsv(_CsvBase):
@@ -127,19 +115,33 @@ class KerasCsv(_CsvBase):
         if not epoch_cell:
             raise ParseError("keras_csv: row without an epoch")
         epoch = _step_from(epoch_cell, "epoch")
-        train: dict[str, float] = {}
-        evals: dict[str, float] = {}
+        values: dict[str, float] = {}
         for key, cell in row.items():
             cell = cell.strip()
             # NA: not logged this epoch. A list-valued metric is written as "[a, b]" with the
             # quotes inside the cell (so the file holds """[a, b]"""): not a scalar.
             if key == "epoch" or not cell or cell == "NA" or cell.lstrip('"').startswith("["):
                 continue
-            (evals if key.startswith("val_") else train)[key] = to_float(cell)
-        shared = {"epoch": float(epoch)}
-        records = []
-        if train:
-            records.append(Record(values={**train, **shared}, kind=Kind.TRAIN, step=epoch))
-        if evals:
-            records.append(Record(values={**evals, **shared}, kind=Kind.EVAL, step=epoch))
-        return records
+            values[key] = to_float(cell)
+        if not values:
+            return []
+        values["epoch"] = float(epoch)
+        return records_by_kind(values, epoch)
+
+
+class CsvMetrics:
+    """A CSV metrics file of either logger: Lightning's has a ``step`` column, Keras's does not.
+    The header decides, and the file is read by that logger's dialect from then on."""
+
+    def __init__(self) -> None:
+        self.chosen: _CsvBase | None = None
+
+    @property
+    def name(self) -> str:
+        return self.chosen.name if self.chosen is not None else "csv"
+
+    def parse(self, line: str) -> list[Record]:
+        if self.chosen is None:
+            columns = [c.strip().strip('"') for c in line.split(",")]
+            self.chosen = LightningCsv() if "step" in columns else KerasCsv()
+        return self.chosen.parse(line)

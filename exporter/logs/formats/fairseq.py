@@ -1,16 +1,17 @@
-"""fairseq's progress output (``fairseq/logging/progress_bar.py``), through ``fairseq_cli``'s
-logging format ``%(asctime)s | %(levelname)s | %(name)s | %(message)s``, where the logger name
-is the stats tag::
+"""fairseq's progress output (``fairseq/logging/progress_bar.py``). It reaches the log through
+``fairseq_cli``'s logging format ``%(asctime)s | %(levelname)s | %(name)s | %(message)s`` (or
+hydra's ``[time][name][LEVEL] - message`` under ``fairseq-hydra-train``), which the envelope layer
+takes off; the messages are::
 
-    2024-05-01 10:00:00 | INFO | train_inner | epoch 001:    100 / 1891 loss=9.823, ..., num_updates=100, lr=1.25e-05, gnorm=2.034, ...
-    2024-05-01 10:05:00 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 8.532 | ... | num_updates 1891
-    2024-05-01 10:05:00 | INFO | train | epoch 001 | loss 9.5 | ... | num_updates 1891 | ...
+    epoch 001:    100 / 1891 loss=9.823, ..., num_updates=100, lr=1.25e-05, gnorm=2.034, ...
+    epoch 001 | valid on 'valid' subset | loss 8.532 | ... | num_updates 1891
+    epoch 001 | loss 9.5 | ... | num_updates 1891 | ...                        (end of an epoch)
 
-``--log-format json`` logs the same stats as a JSON object of strings; its end-of-epoch lines
-prefix every key with the tag (``valid_loss``, ``train_loss``). ``fairseq-hydra-train`` uses
-hydra's ``[time][name][LEVEL] - message`` prefix instead, and releases before 0.10 printed the
-message alone behind ``| ``. Validation keys come out as ``valid_<key>`` whatever the subset is
-called (``valid``, ``valid1``, ``test``): the subset is data, not part of the metric's name.
+``--log-format json`` logs the same stats as a JSON object of strings: the inner training stats
+with ``update`` and ``num_updates``, and the end-of-epoch ones with every key prefixed by the
+tag (``valid_loss``, ``train_loss``). Releases before 0.10 printed the message alone behind
+``| ``. Validation keys come out as ``valid_<key>`` whatever the subset is called (``valid``,
+``valid1``, ``test``): the subset is data, not part of the metric's name.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import re
 from .base import Kind, ParseError, Record, to_float
 from .events import MAX_LINE
 
-_LOGGING = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| [A-Z]{1,10} \| ([^|\s]{1,100}) \| ")
-_HYDRA = re.compile(
-    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:,\d{1,6})?\]\[([^\[\]\s]{1,100})\]\[[A-Z]{1,10}\] - "
-)
-_OLD = re.compile(r"\s*(?:\[[\w.\-]{1,40}\]:\s?|\d{1,6}:\s?)?\| ")
+_OLD = re.compile(r"\| ")  # releases before 0.10: no logging, a bar before each message
 
-_INNER = re.compile(r"epoch (\d{1,9}):\s{1,20}(\d{1,15}) / (\d{1,15}) (.*)$")
-_EPOCH = re.compile(r"epoch (\d{1,9}) \| (.*)$")
+# fairseq prints the epoch with three digits at least: "epoch 001".
+_INNER = re.compile(r"epoch (\d{3,9}):\s{1,20}(\d{1,15}) / (\d{1,15}) (.*)$")
+_EPOCH = re.compile(r"epoch (\d{3,9}) \| (.*)$")
 _SUBSET = re.compile(r"valid on '([^']{0,200})' subset$")
 # Splits "loss=9.8, lr=[1e-05, 2e-05], gnorm=2.0" only before a new "name=".
 _COMMA_PAIR = re.compile(r", (?=[A-Za-z_][\w.\-/]{0,100}=)")
@@ -40,30 +38,17 @@ class Fairseq:
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
-        tag, message = _split_prefix(line)
-        if message is None:
-            return []
+        old = _OLD.match(line)
+        message = line[old.end():] if old else line
         inner = _INNER.match(message)
         if inner:
             return [_inner_record(inner, line)]
         summary = _EPOCH.match(message)
         if summary:
             return [_pipe_record(int(summary.group(1)), summary.group(2), line)]
-        if message.startswith("{") and tag is not None:
-            return _json_records(tag, message)
+        if message.startswith('{"epoch"'):
+            return _json_records(message)
         return []
-
-
-def _split_prefix(line: str) -> tuple[str | None, str | None]:
-    """(logger name, message) when the line carries one of fairseq's prefixes."""
-    for prefix in (_LOGGING, _HYDRA):
-        match = prefix.search(line)
-        if match:
-            return match.group(1), line[match.end():]
-    old = _OLD.match(line)
-    if old:
-        return None, line[old.end():]
-    return None, None
 
 
 def _inner_record(match: re.Match[str], line: str) -> Record:
@@ -105,23 +90,23 @@ def _pipe_record(epoch: int, text: str, line: str) -> Record:
     return Record(values=values, kind=Kind.EVAL if subset else Kind.SUMMARY, step=step)
 
 
-def _json_records(tag: str, message: str) -> list[Record]:
+def _json_records(message: str) -> list[Record]:
     try:
         stats = json.loads(message)
     except (ValueError, RecursionError):  # RecursionError: hostile nesting
-        if tag.startswith(("train", "valid")) or '"epoch"' in message[:200]:
-            raise ParseError(f"fairseq JSON stats cut or malformed: {message[:80]!r}") from None
-        return []
-    if not isinstance(stats, dict) or "epoch" not in stats:
+        raise ParseError(f"fairseq JSON stats cut or malformed: {message[:80]!r}") from None
+    if not isinstance(stats, dict):
         return []
     values: dict[str, float] = {}
     for name, raw in stats.items():
         _put(values, str(name), raw)
-    if tag == "train_inner":
+    if "update" in stats and "num_updates" in stats:  # the inner training stats
         return [Record(values=values, kind=Kind.TRAIN, step=_take_step(values, "num_updates"))]
-    # End-of-epoch stats: every key but epoch carries the tag ("valid_loss", "train_wall").
+    # End-of-epoch stats: every key but epoch carries the tag, the split's name ("valid_loss",
+    # "train_wall", "test_loss"), and the tag's own "<tag>_num_updates" tells which it is.
+    tag = next((name[:-len("_num_updates")] for name in stats if name.endswith("_num_updates")), "")
     own = tag + "_"
-    if not all(name == "epoch" or name.startswith(own) for name in values) or len(values) < 2:
+    if not tag or not all(name == "epoch" or name.startswith(own) for name in values):
         return []
     values = {name if name == "epoch" else name[len(own):]: value for name, value in values.items()}
     step = _take_step(values, "num_updates")

@@ -13,9 +13,10 @@ share a file the training bar is often glued in front of it with no separator.
 
 from __future__ import annotations
 
+import json
 import re
 
-from .base import MAX_LEARNED_LINE, MAX_RUN, Kind, ParseError, Record, Run, to_float
+from .base import ParseError, Record, kind_of, to_float
 from .events import MAX_LINE, parse_progress_bar
 
 # Keys the Trainer itself puts in its logs. A dict without any of them is some other print
@@ -34,30 +35,19 @@ _WRAPPED = re.compile(
 )
 
 
-# Shapes of dict lines learned per file (a training line's, an evaluation's, the summary's).
-MAX_SHAPES = 8
-
-
 class HuggingFaceConsole:
     name = "huggingface"
-
-    def __init__(self) -> None:
-        self._shapes: list[_Shape] = []
 
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
-        if line[:1] == "{":
-            # Most lines are dicts with the keys of one seen before, printed the same way.
-            for shape in self._shapes:
-                record = shape.read(line)
-                if record is not None:
-                    return [record]
         start = _dict_start(line)
         if start < 0:
             progress = parse_progress_bar(line)
             # A bare progress bar still tells how far training is.
             return [Record(progress=progress)] if progress is not None else []
+        if line[start + 1] == '"' and _is_json_object(line, start):
+            return []  # JSON, not a Python repr: the Trainer's dict quotes its keys with '
         prefix = line[:start]
         progress = None
         if prefix.strip():
@@ -79,95 +69,17 @@ class HuggingFaceConsole:
         after = parse_progress_bar(line[end:])
         if after is not None:
             progress = after
-        record = _record(items, progress)
-        if start == 0 and end == len(line) <= MAX_LEARNED_LINE and len(self._shapes) < MAX_SHAPES:
-            shape = _Shape.learn(line, items, record)
-            if shape is not None:
-                self._shapes.append(shape)
-        return [record]
-
-    def read_run(self, lines: list[str], start: int, end: int) -> Run | None:
-        """Training dict lines of one learned shape from ``lines[start]`` on, before
-        ``lines[end]``, each with the progress bar drawn on the line before it or each without
-        one: what ``parse`` reads them as, with each bar's progress on the dict after it, as the
-        reader merges them."""
-        with_bars = lines[start][:1] != "{"
-        first = start + 1 if with_bars else start
-        if first >= end or lines[first][:1] != "{" or len(lines[first]) > MAX_LINE:
-            return None  # (most often: a line of other output, and no dict after it)
-        end = min(end, start + 2 * MAX_RUN)
-        for shape in self._shapes:  # no two learned shapes read the same line
-            if shape.kind is Kind.TRAIN and shape.pattern.fullmatch(lines[first]):
-                break
-        else:
-            return None
-        keys, fullmatch = shape.keys, shape.pattern.fullmatch
-        rows: list[tuple[float, ...]] = []
-        progress: list[tuple[int, int]] = []
-        i = start
-        while i < end:
-            if with_bars:
-                # A line that parse reads as a bare progress bar: no dict in it, a bar's counter.
-                bar = lines[i]
-                done_total = parse_progress_bar(bar) if "{" not in bar else None
-                if done_total is None or i + 1 >= end:
-                    break
-                i += 1
-            line = lines[i]
-            found = fullmatch(line) if len(line) <= MAX_LINE else None
-            if found is None:
-                break
-            try:
-                rows.append(tuple(map(float, found.groups())))
-            except ValueError:
-                break
-            if with_bars:
-                progress.append(done_total)
-            i += 1
-        if not rows:
-            return None
-        return Run(keys=keys, rows=rows, lines=len(rows) * (2 if with_bars else 1),
-                   progress=progress if with_bars else None)
+        return [_record(items, progress)]
 
 
-class _Shape:
-    """The keys of a dict line, in order, each value quoted or bare, printed as ``repr`` prints
-    a dict: read by one anchored regular expression and ``float`` on each value. A line it does
-    not match, or with a value ``float`` refuses, goes the general way (which reads it the same).
-    """
+_json_decode = json.JSONDecoder().raw_decode
 
-    __slots__ = ("pattern", "keys", "kind")
 
-    def __init__(self, pattern: re.Pattern[str], keys: tuple[str, ...], kind: Kind) -> None:
-        self.pattern, self.keys, self.kind = pattern, keys, kind
-
-    @classmethod
-    def learn(cls, line: str, items: list[tuple[str, object]], record: Record) -> _Shape | None:
-        """The shape of ``line``, if it is a dict of numbers, printed plainly, without a step."""
-        keys = tuple(key for key, _ in items)
-        # Every value a number, no key twice, and no "step" (read as the step only when whole).
-        if not keys or "step" in keys or len(record.values) != len(keys) or len(set(keys)) != len(keys):
-            return None
-        parts = []
-        for key, raw in items:
-            quote = raw[:1] if raw[:1] in ("'", '"') else ""
-            if "'" in key or "\\" in key:
-                return None
-            value = f"{quote}([^'\"\\\\]*){quote}" if quote else r"([^'\"()\[\]{},\s]+)"
-            parts.append(f"'{re.escape(key)}': {value}")
-        if "{" + ", ".join(f"'{key}': {raw}" for key, raw in items) + "}" != line:
-            return None  # spaced or quoted some other way: left to the general reader
-        return cls(re.compile(r"\{" + ", ".join(parts) + r"\}"), keys, record.kind)
-
-    def read(self, line: str) -> Record | None:
-        match = self.pattern.fullmatch(line)
-        if match is None:
-            return None
-        try:
-            values = dict(zip(self.keys, map(float, match.groups())))
-        except ValueError:
-            return None  # a value that is not a plain number: the general reader decides
-        return Record(values=values, kind=self.kind)
+def _is_json_object(line: str, start: int) -> bool:
+    try:
+        return isinstance(_json_decode(line, start)[0], dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _mentions_marker(line: str, start: int) -> bool:
@@ -188,14 +100,9 @@ def _dict_start(line: str) -> int:
 
 
 def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -> Record:
-    summary = evaluation = False
     values: dict[str, float] = {}
     step: int | None = None
     for key, raw in items:
-        if key == "train_runtime":
-            summary = True
-        elif key.startswith(_MARKER_PREFIXES):
-            evaluation = True
         try:  # _number's common case, inline: this runs for every value of every line
             value = float(raw[1:-1] if raw[:1] in ("'", '"') else raw)
         except ValueError:
@@ -206,8 +113,7 @@ def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -
             step = int(value)  # the Trainer's console dict has none; a custom callback may add it
             continue
         values[key] = value
-    kind = Kind.SUMMARY if summary else Kind.EVAL if evaluation else Kind.TRAIN
-    return Record(values=values, kind=kind, step=step, progress=progress)
+    return Record(values=values, kind=kind_of(values), step=step, progress=progress)
 
 
 def _number(raw: object) -> float | None:

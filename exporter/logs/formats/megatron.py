@@ -21,40 +21,27 @@ from __future__ import annotations
 
 import re
 
-from .base import MAX_LEARNED_LINE, MAX_RUN, Kind, ParseError, Record, Run, to_float
+from .base import Kind, ParseError, Record, to_float
 from .events import MAX_LINE
 
 # Bounded quantifiers keep the search linear however long the line.
 _ITERATION = re.compile(r"\biteration\s{1,20}(\d{1,15})\s{0,20}/\s{0,20}(\d{1,15})\s{0,20}\|")
-# Printed at the start of the line (print_rank_last), after a launcher tag at most.
-_VALIDATION = re.compile(r"(?:\[[\w.\-]{1,40}\]:|\d{1,6}:)?\s*validation loss at ")
+# Printed at the start of the line (print_rank_last).
+_VALIDATION = re.compile(r"\s*validation loss at ")
 _AT_ITERATION = re.compile(r"iteration (\d{1,15})\b")
+# One "name: value" field, at the text's start or after a bar. Names never hold a colon; values
+# may ("ETA Time: 1:02:03"), so a field splits at its first colon. Anchored at a field's start,
+# the search is linear in the text.
+_FIELD = re.compile(r"(?:^|\|)([^|:]*):([^|]*)")
 # "496.3 (avg 496.1)": newer releases follow some rates with their running average.
 _LEADING_NUMBER = re.compile(r"(\S{1,64}) \([^()]{0,200}\)$")
 
 _LOSS = "lm loss"
 _NAN_ITERATIONS = "number of nan iterations"
-# Field layouts learned per file (the iteration line's, the validation line's, a few spares).
-MAX_SHAPES = 4
 
 
 class Megatron:
     name = "megatron"
-
-    def __init__(self) -> None:
-        self._shapes: list[_FieldShape] = []
-
-    def _read_fields(self, text: str) -> dict[str, float]:
-        """``_fields``, by a layout seen before when the text has one."""
-        for shape in self._shapes:
-            values = shape.read(text)
-            if values is not None:
-                return values
-        if len(self._shapes) < MAX_SHAPES and len(text) <= MAX_LEARNED_LINE:
-            shape = _FieldShape.learn(text)
-            if shape is not None:
-                self._shapes.append(shape)
-        return _fields(text)
 
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
@@ -69,43 +56,8 @@ class Megatron:
                 return [self._validation(line[validation.end():bar], line[bar + 1:], line)]
         return []
 
-    def read_run(self, lines: list[str], start: int, end: int) -> Run | None:
-        """The iteration lines from ``lines[start]`` on, before ``lines[end]``, that one learned
-        layout reads, as ``parse`` reads them: each ends the run unless it has the layout, plain
-        numbers and the first line's ``max_steps``, and does not need ``parse``'s NaN-loss rule."""
-        shape: _FieldShape | None = None
-        rows: list[tuple[float, ...]] = []
-        steps: list[int] = []
-        for index in range(start, min(end, start + MAX_RUN)):  # (a slice would copy)
-            line = lines[index]
-            match = _iteration(line)
-            if match is None:
-                break
-            if shape is None:  # the first line: its layout is the run's (no two read one text)
-                shape = next((s for s in self._shapes if s.pattern.fullmatch(line, match.end())), None)
-                if shape is None:
-                    return None
-                names, total = shape.names, match.group(2)
-                nan_count = names.index(_NAN_ITERATIONS) if _LOSS not in names and _NAN_ITERATIONS in names else None
-            elif match.group(2) != total:
-                break
-            found = shape.pattern.fullmatch(line, match.end())
-            if found is None:
-                break
-            try:
-                row = tuple(map(float, found.groups()))
-            except ValueError:
-                break
-            if nan_count is not None and row[nan_count] > 0:
-                break
-            rows.append(row)
-            steps.append(int(match.group(1)))
-        if not rows:
-            return None
-        return Run(keys=names, rows=rows, lines=len(rows), steps=steps, meta={"max_steps": int(total)})
-
     def _training(self, line: str, match: re.Match[str]) -> Record:
-        values = self._read_fields(line[match.end():])
+        values = _fields(line[match.end():])
         if not values and line[match.end():].strip():
             raise ParseError(f"Megatron iteration line with no readable field: {line[:120]!r}")
         if _LOSS not in values and values.get(_NAN_ITERATIONS, 0.0) > 0:
@@ -119,7 +71,7 @@ class Megatron:
         )
 
     def _validation(self, where: str, rest: str, line: str) -> Record:
-        values = self._read_fields(rest)
+        values = _fields(rest)
         if not values:
             raise ParseError(f"Megatron validation line with no readable value: {line[:120]!r}")
         at_iteration = _AT_ITERATION.match(where)
@@ -137,63 +89,22 @@ def _iteration(line: str) -> re.Match[str] | None:
 
 def _fields(text: str) -> dict[str, float]:
     """``" lm loss: 2.3E+00 | grad norm: nan |"`` -> ``{"lm loss": 2.3, "grad norm": nan}``."""
+    pairs = [(name.strip(), raw) for name, raw in _FIELD.findall(text)]
+    try:  # the common line: every value a plain number, which float() reads with its spaces
+        return {name: float(raw) for name, raw in pairs if name}
+    except ValueError:
+        pass
     values: dict[str, float] = {}
-    for field in text.split("|"):
-        # Names never hold a colon; values may ("ETA Time: 1:02:03"), so split at the first.
-        name, colon, raw = field.partition(":")
-        name = name.strip()
-        if not colon or not name:
+    for name, raw in pairs:
+        if not name:
             continue
         try:
-            values[name] = float(raw)  # the common case, inline; float() ignores the spaces
+            values[name] = float(raw)
         except ValueError:
             value = _number(raw.strip())
             if value is not None:
                 values[name] = value
     return values
-
-
-class _FieldShape:
-    """The field names of a line, in order, every value a plain number: read by one anchored
-    regular expression and ``float`` on each value. A text it does not match, or with a value
-    ``float`` refuses, goes to ``_fields``, which reads it the same."""
-
-    __slots__ = ("pattern", "names")
-
-    def __init__(self, pattern: re.Pattern[str], names: tuple[str, ...]) -> None:
-        self.pattern, self.names = pattern, names
-
-    @classmethod
-    def learn(cls, text: str) -> _FieldShape | None:
-        fields = text.split("|")
-        if not fields[-1].strip():
-            fields.pop()  # the "|" that closes the line
-        names = []
-        for field in fields:
-            name, colon, raw = field.partition(":")
-            name = name.strip()
-            if not colon or not name:
-                return None
-            try:
-                float(raw)
-            except ValueError:
-                return None
-            names.append(name)
-        if not names or len(set(names)) != len(names):
-            return None
-        # Each field as _fields reads it: the name with any spaces around it, the first colon,
-        # the value up to the next "|"; then the closing "|" and spaces, or nothing.
-        body = r"\|".join(r"\s*" + re.escape(name) + r"\s*:([^|]*)" for name in names)
-        return cls(re.compile(body + r"(?:\|\s*)?"), tuple(names))
-
-    def read(self, text: str) -> dict[str, float] | None:
-        match = self.pattern.fullmatch(text)
-        if match is None:
-            return None
-        try:
-            return dict(zip(self.names, map(float, match.groups())))
-        except ValueError:
-            return None
 
 
 def _number(text: str) -> float | None:

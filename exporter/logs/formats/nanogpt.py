@@ -15,10 +15,8 @@ import re
 from .base import Kind, ParseError, Record, to_float
 from .events import MAX_LINE
 
-# An optional launcher tag ("[default0]:" from torchrun, "0:" from srun -l) may precede print().
-_LAUNCHER = r"\s*(?:\[[\w.\-]{1,40}\]:\s?|\d{1,6}:\s?)?"
-_TRAIN = re.compile(_LAUNCHER + r"iter (\d{1,15}): loss (.*)$")
-_EVAL = re.compile(_LAUNCHER + r"step (\d{1,15}): train loss (.*)$")
+_TRAIN = re.compile(r"iter (\d{1,15}): loss (.*)$")
+_EVAL = re.compile(r"step (\d{1,15}): train loss (.*)$")
 
 
 class NanoGPT:

@@ -20,7 +20,7 @@ import math
 import re
 import struct
 
-from .base import Kind, ParseError, Record
+from .base import Kind, ParseError, Record, is_eval_key
 
 MAX_RECORD = 64 << 20  # larger is corruption, not a real event
 _HEADER = 12  # length (8) + its masked CRC (4)
@@ -230,22 +230,10 @@ def decode_event(data: bytes) -> Record | None:
     values = _summary_values(summary)
     if not values:
         return None
-    kind = Kind.EVAL if all(is_eval_tag(t) for t in values) else Kind.TRAIN
+    kind = Kind.EVAL if all(map(is_eval_key, values)) else Kind.TRAIN
     if wall_time is not None and not math.isfinite(wall_time):
         wall_time = None
     return Record(values=values, kind=kind, step=step, wall_time=wall_time)
-
-
-_EVAL_WORDS = frozenset({"eval", "evaluation", "val", "valid", "validation", "test"})
-_EVAL_PREFIXES = ("eval_", "val_", "valid_", "validation_", "test_")
-
-
-def is_eval_tag(tag: str) -> bool:
-    """`eval/loss`, `Loss/val`, `validation/acc`, `val_loss`: a held-out metric."""
-    for part in tag.lower().split("/"):
-        if part in _EVAL_WORDS or part.startswith(_EVAL_PREFIXES):
-            return True
-    return False
 
 
 # ---- framing

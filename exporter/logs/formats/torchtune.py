@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import re
 
-from .base import Kind, ParseError, Record, to_float
+from .base import Kind, ParseError, Record, kind_of, to_float
 from .events import MAX_LINE, parse_progress_bar
 
-_LAUNCHER = r"\s*(?:\[[\w.\-]{1,40}\]:\s?|\d{1,6}:\s?)?"
-_STEP = re.compile(_LAUNCHER + r"Step (\d{1,15}) \|(.*)$")
+_STEP = re.compile(r"Step (\d{1,15}) \|(.*)$")
 _TENSOR = re.compile(r"tensor\(\s*([^,()\s]{1,64})")
-_BAR = re.compile(_LAUNCHER + r"(\d{1,9})\|(\d{1,15})\|Loss: ([^\s:]{1,64}):\s{1,4}\d{1,3}%\|")
-_EVAL_PREFIXES = ("val_", "eval_", "validation")
+_BAR = re.compile(r"(\d{1,9})\|(\d{1,15})\|Loss: ([^\s:]{1,64}):\s{1,4}\d{1,3}%\|")
 
 
 class Torchtune:
@@ -65,8 +63,7 @@ def _step_record(match: re.Match[str], line: str) -> Record:
     if not values:
         raise ParseError(f"torchtune Step line with no readable metric: {line[:120]!r}")
     # Validation runs log through the same logger, under their own names.
-    kind = Kind.EVAL if all(name.startswith(_EVAL_PREFIXES) for name in values) else Kind.TRAIN
-    return Record(values=values, kind=kind, step=int(match.group(1)))
+    return Record(values=values, kind=kind_of(values), step=int(match.group(1)))
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

@@ -8,8 +8,8 @@ bare literal ``NaN``.
 
 from __future__ import annotations
 
-from .base import Kind, ParseError, Record
-from .jsonl import as_step, is_eval_key, loads, number
+from .base import ParseError, Record, kind_of
+from .jsonl import as_step, loads, number
 
 META_NUMBERS = (
     "global_step", "max_steps", "num_train_epochs", "train_batch_size", "logging_steps",
@@ -59,11 +59,5 @@ def parse_trainer_state(data: bytes) -> tuple[list[Record], dict[str, float | st
                 values[key] = value
         if not values:
             continue
-        if "train_runtime" in values:
-            kind = Kind.SUMMARY
-        elif any(is_eval_key(k) for k in values):
-            kind = Kind.EVAL
-        else:
-            kind = Kind.TRAIN
-        records.append(Record(values=values, kind=kind, step=as_step(entry.get("step"))))
+        records.append(Record(values=values, kind=kind_of(values), step=as_step(entry.get("step"))))
     return records, meta

@@ -1,0 +1,82 @@
+"""The training state of every source, fed by the log readers and read by the collector.
+
+One ``SourceState`` per source, and one more per rank where a launcher's prefix names the rank
+that printed a line (``[default3]:``): the rank's records go to a state of their own, exported
+with a ``rank`` label. The ranks of one source are bounded (``MAX_RANKS``); a line from a rank
+beyond them counts toward the source's own state, and the overflow is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..logs.formats.base import Record
+from .signals import SignalSettings, SourceState
+from .vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+MAX_RANKS = 1024  # ranks kept apart per source: more than one file of a job ever interleaves
+
+
+class TrainingStates:
+    """The states of all sources; the readers' sink. Iterating gives the source names."""
+
+    def __init__(self, settings: SignalSettings, vocabulary: Vocabulary, keep_history: bool = False) -> None:
+        self.settings = settings
+        self.vocabulary = vocabulary
+        self.keep_history = keep_history
+        # Replaced whole when a state is added, never mutated, so a scrape can read it without
+        # taking a lock: (source, rank) -> state.
+        self._states: dict[tuple[str, str | None], SourceState] = {}
+        self._ranks: dict[str, int] = {}  # source -> ranks kept apart
+        self._lock = threading.Lock()
+
+    # -- the sink --------------------------------------------------------------------------
+
+    def add_source(self, source: str) -> None:
+        self._state(source, None)
+
+    def apply(self, source: str, rank: str | None, records: list[Record], observed_at: float) -> None:
+        self._state(source, rank).apply_all(records, observed_at)
+
+    def rewritten(self, source: str) -> None:
+        for (name, _), state in self._states.items():
+            if name == source:
+                state.mark_rewritten()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def items(self) -> list[tuple[str, str | None, SourceState]]:
+        """Every (source, rank, state), sorted by source, the source's own state first."""
+        return [(source, rank, state) for (source, rank), state
+                in sorted(self._states.items(), key=lambda item: (item[0][0], item[0][1] is not None, item[0][1] or ""))]
+
+    def __iter__(self):
+        return iter(dict.fromkeys(source for source, _ in self._states))
+
+    def __getitem__(self, source: str) -> SourceState:
+        return self._states[(source, None)]
+
+    def get(self, source: str, rank: str | None = None) -> SourceState | None:
+        return self._states.get((source, rank))
+
+    def _state(self, source: str, rank: str | None) -> SourceState:
+        state = self._states.get((source, rank))
+        if state is not None:
+            return state
+        with self._lock:
+            if rank is not None and self._ranks.get(source, 0) >= MAX_RANKS:
+                if self._ranks[source] == MAX_RANKS:
+                    log.warning("source %r: more than %d ranks; the lines of further ranks count as "
+                                "the source's own", source, MAX_RANKS)
+                    self._ranks[source] += 1
+                rank = None
+            state = self._states.get((source, rank))
+            if state is None:
+                state = SourceState(self.settings, self.vocabulary, self.keep_history)
+                self._states = {**self._states, (source, rank): state}
+                if rank is not None:
+                    self._ranks[source] = self._ranks.get(source, 0) + 1
+            return state
