@@ -126,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
     # not a write each.
     wbufsize = 1 << 16
     timeout = REQUEST_TIMEOUT_SECONDS  # for each write; reads have the request's deadline
+    request_timeout = REQUEST_TIMEOUT_SECONDS  # that deadline; MetricsServer sets it when it starts
     server: _Server
     scrapes: dict[Callable, Scrapes]  # by the format's render function
     is_ready: Callable[[], bool]
@@ -171,11 +172,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         lengths = self.headers.get_all("Content-Length", [])
-        if not lengths and "Transfer-Encoding" not in self.headers:
+        chunked = "Transfer-Encoding" in self.headers
+        if not lengths and not chunked:
             return
-        if len(lengths) == 1 and "Transfer-Encoding" not in self.headers and _CONTENT_LENGTH.fullmatch(
-                lengths[0].strip()) and int(lengths[0]) <= MAX_DISCARDED_BODY:
-            self.rfile.read(int(lengths[0]))  # under the request's deadline
+        length = lengths[0].strip() if len(lengths) == 1 and not chunked else ""  # else ambiguous
+        if _CONTENT_LENGTH.fullmatch(length) and int(length) <= MAX_DISCARDED_BODY:
+            self.rfile.read(int(length))  # under the request's deadline
         else:
             self.close_connection = True
 
@@ -290,7 +292,7 @@ class _Server(ThreadingHTTPServer):
             if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 # The connection stays queued and the listening socket readable: retried at
                 # once, accept would fail again at full speed. Wait, and free a descriptor.
-                self.problems.note("cannot accept connections: out of file descriptors",
+                self.problems.note("cannot accept connections: out of file descriptors or memory",
                                    f"{error.strerror}; closing a waiting connection and backing off")
                 self.connections.close_one()
                 self._backoff = min(max(0.005, self._backoff * 2), 0.5)
@@ -302,12 +304,11 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request, client_address) -> None:
         connection, closed = self.connections.add(request)
         if closed:
-            self.problems.note(f"a waiting connection was closed to make room (at most "
-                               f"{self.connections.limit} are held, idle ones are closed first)",
-                               f"for {client_address[0]}")
+            self.problems.note("a waiting connection was closed to make room", f"at most {self.connections.limit} "
+                               f"are held, idle ones are closed first; for {client_address[0]}")
         if connection is None:
-            self.problems.note(f"a connection was refused: all {self.connections.limit} held connections "
-                               "are being answered", client_address[0])
+            self.problems.note("a connection was refused", f"all {self.connections.limit} held connections are "
+                               f"being answered; refused {client_address[0]}")
             self.shutdown_request(request)
             return
         for attempt in range(2):

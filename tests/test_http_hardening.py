@@ -89,6 +89,13 @@ def read_response(sock: socket.socket) -> http.client.HTTPResponse:
     return response
 
 
+def assert_logged_once_without_traceback(process: ExporterProcess, what: str) -> None:
+    """Stop the exporter; its log must tell of ``what`` in one line, and hold no traceback."""
+    output = process.stop()
+    assert "Traceback" not in output, output
+    assert sum(what in line for line in output.splitlines()) == 1, output
+
+
 def closed_by_server(sock: socket.socket, within: float) -> bool:
     sock.settimeout(within)
     try:
@@ -170,9 +177,7 @@ def test_out_of_descriptors_it_backs_off_and_keeps_answering(exporter):
     finally:
         for sock in flood:
             sock.close()
-    output = process.stop()
-    assert "Traceback" not in output, output
-    assert sum("out of file descriptors" in line for line in output.splitlines()) == 1, output
+    assert_logged_once_without_traceback(process, "out of file descriptors")
 
 
 # ------------------------------------------------------------- 11: bounded connections, hang-ups
@@ -193,9 +198,7 @@ def test_idle_connections_are_bounded_and_a_scrape_always_gets_in(exporter):
     finally:
         for sock in idle:
             sock.close()
-    output = process.stop()
-    assert "Traceback" not in output, output
-    assert sum("closed to make room" in line for line in output.splitlines()) == 1, output
+    assert_logged_once_without_traceback(process, "closed to make room")
 
 
 def test_kept_alive_connections_make_room_first_then_the_longest_waiting(metrics_server):
@@ -238,9 +241,7 @@ def test_clients_hanging_up_mid_response_cost_one_log_line_and_no_traceback(expo
         hang_up(sock)
     time.sleep(0.5)
     assert requests.get(process.url + "/metrics", timeout=5).status_code == 200
-    output = process.stop()
-    assert "Traceback" not in output, output
-    assert sum("disconnected mid-response" in line for line in output.splitlines()) == 1, output
+    assert_logged_once_without_traceback(process, "disconnected mid-response")
 
 
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
