@@ -345,10 +345,10 @@ class _Server(ThreadingHTTPServer):
             self.connections.replace_socket(connection, tls)
             tls.do_handshake()
         except (ssl.SSLError, OSError) as error:  # plain HTTP, no or untrusted client certificate
-            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+            self.problems.note("a TLS handshake failed", f"{client_address[0]}: {error}")
             return False
         if self.allowed_sans and not client_sans(tls.getpeercert()) & set(self.allowed_sans):
-            log.debug("client certificate of %s names none of client_allowed_sans", client_address[0])
+            self.problems.note("a client certificate names none of client_allowed_sans", client_address[0])
             return False
         return True
 

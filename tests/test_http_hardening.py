@@ -145,6 +145,17 @@ def test_a_request_trickled_a_byte_at_a_time_is_cut_off_at_its_deadline(secure, 
     assert answer.status_code == 200
 
 
+def test_failed_tls_handshakes_are_said_once_not_per_client(pki, metrics_server, caplog):
+    metrics = metrics_server(tls_config(pki))
+    with caplog.at_level(logging.WARNING, logger="exporter.server"):
+        for _ in range(5):  # plain HTTP to the TLS port
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5)
+        time.sleep(0.2)
+    said = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(said) == 1 and "127.0.0.1" in said[0].getMessage(), caplog.text
+
+
 def test_the_soft_open_files_limit_is_raised_to_the_hard_limit(tmp_path, exporter):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 512:
