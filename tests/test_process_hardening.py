@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, parse_metrics, value
+from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, parse_metrics, value, wait_for
 from exporter.hardware.gpu import GpuCollector
 from exporter.logformat import JsonFormatter, LogfmtFormatter
 from exporter.registry import build_registry
@@ -167,19 +167,21 @@ def test_a_dead_gpu_poll_thread_shows_as_a_failed_collector(caplog):
     registry = build_registry([collector])
     server = MetricsServer("127.0.0.1:0", registry, lambda: True)
     server.start()
-    collector.start()
+
+    def scrape() -> dict:
+        return parse_metrics(requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text)
+
     try:
-        deadline = time.monotonic() + 10
-        while collector._thread is not None and collector._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
         with caplog.at_level(logging.ERROR, logger="exporter.hardware.gpu"):
-            for _ in range(2):
-                metrics = parse_metrics(requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text)
-                assert value(metrics, "training_exporter_collector_success", collector="gpu") == 0
-                assert value(metrics, "training_gpu_up", gpu="0", uuid=gpu(0)["uuid"]) is None
+            collector.start()
+            wait_for(lambda: value(scrape(), "training_exporter_collector_success", collector="gpu") == 0, 10,
+                     "the gpu collector still reports success with its poll thread dead")
+            metrics = scrape()
     finally:
         collector.stop()
         server.stop()
+    assert value(metrics, "training_exporter_collector_success", collector="gpu") == 0
+    assert value(metrics, "training_gpu_up", gpu="0", uuid=gpu(0)["uuid"]) is None
     said = [r.getMessage() for r in caplog.records if "poll thread has ended" in r.getMessage()]
     assert len(said) == 1, caplog.text
 
