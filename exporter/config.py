@@ -7,6 +7,7 @@ expected: ``ConfigError`` carries that line, and the CLI prints it and exits wit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -252,8 +253,8 @@ def _kind(value) -> str:
         type(value), f"{type(value).__name__} {value!r}"[:60])
 
 
-# Every number the config holds, with the range that makes sense for it (both ends included,
-# but for the keys in ABOVE_LOWEST). The upper ends are far beyond any real use; they are there
+# Every number the config holds (by its key), with the range that makes sense for it (both ends
+# included, but for the keys in ABOVE_LOWEST). The upper ends are far beyond any real use; they are there
 # because a waiting thread cannot wait longer than the platform's limit, and an absurd window or
 # line length is memory.
 RANGES = {
@@ -312,19 +313,14 @@ def validate(config: Config, filename: str) -> None:
     s = config.signals
     if s.mode not in ("min", "max"):
         raise ConfigError(f"{filename}: signals.mode: expected min or max, got {s.mode!r}")
-    for key, number in (("signals.min_delta", s.min_delta), ("signals.patience", s.patience),
-                        ("signals.spike_window", s.spike_window), ("signals.spike_factor", s.spike_factor),
-                        ("signals.spike_min_points", s.spike_min_points), ("signals.max_keys", s.max_keys),
-                        ("follow.poll_interval_seconds", config.follow.poll_interval_seconds),
-                        ("follow.rescan_interval_seconds", config.follow.rescan_interval_seconds),
-                        ("follow.max_line_bytes", config.follow.max_line_bytes),
-                        ("gpu.poll_interval_seconds", config.gpu.poll_interval_seconds)):
-        low, high = RANGES[key]
+    for key, (low, high) in RANGES.items():
+        number = functools.reduce(getattr, key.split("."), config)
         above = key in ABOVE_LOWEST
         # Written as "in range", which NaN (from a flag) never is.
         if not ((low < number if above else low <= number) and number <= high):
             lowest = f"more than {low:g}" if above else f"{low:g} or more"
-            raise ConfigError(f"{filename}: {key}: expected {lowest} and at most {high:g}, got {number:g}")
+            shown = f"{number:g}" if isinstance(number, float) else f"{number}"[:30]  # ints of any size
+            raise ConfigError(f"{filename}: {key}: expected {lowest} and at most {high:g}, got {shown}")
     unknown = sorted(set(config.vocabulary) - set(DEFAULT_ALIASES))
     if unknown:
         raise ConfigError(f"{filename}: vocabulary.{unknown[0]}: not a canonical name "

@@ -108,6 +108,7 @@ BAD_CONFIGS = {
                     ("follow.rescan_interval_seconds", "at most")),
     "5000-digits": (b"logs: [a.log]\nfollow:\n  max_line_bytes: " + b"9" * 5000 + b"\n", ("invalid YAML",)),
     "huge-patience": (b"logs: [a.log]\nsignals:\n  patience: 1000000000000\n", ("signals.patience", "at most")),
+    "4000-digits": (b"logs: [a.log]\nsignals:\n  patience: " + b"9" * 4000 + b"\n", ("signals.patience", "at most")),
     "minus-inf": (b"logs: [a.log]\nsignals:\n  min_delta: -.inf\n", ("signals.min_delta", "finite")),
     "unknown-vocabulary": (b"logs: [a.log]\nvocabulary:\n  validation_los: [holdout_nll]\n",
                            ("vocabulary.validation_los", "not a canonical name", "validation_loss")),
