@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 import threading
 import time
 
+from . import runtime
 from .collector_base import Collector
 from .config import Config
 from .logs.sources import LogFollower, LogSpec
@@ -123,16 +123,10 @@ def _stop_part(name: str, stop) -> None:
 
 
 def serve(config: Config, on_started=None) -> int:
-    """Run until SIGTERM or SIGINT; stop within about a second."""
-    exporter = Exporter(config)
+    """Run until SIGTERM or SIGINT; stop within about a second. Other signals: ``runtime.py``."""
     stopping = threading.Event()
-
-    def request_stop(signum, _frame) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    runtime.prepare(stop=stopping.set)
+    exporter = Exporter(config)
     exporter.start()
     # What exists now (modules, collectors, the server) lives as long as the process. Frozen,
     # it is left out of the collector's full passes, which otherwise walk it all every few dozen
@@ -140,8 +134,9 @@ def serve(config: Config, on_started=None) -> int:
     gc.collect()
     gc.freeze()
     host, port = exporter.server.httpd.server_address[:2]
+    host = f"[{host}]" if ":" in host else host or "0.0.0.0"
     scheme = "https" if exporter.server.httpd.tls else "http"
-    log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host or "0.0.0.0", port, len(config.logs))
+    log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host, port, len(config.logs))
     if on_started is not None:
         on_started(exporter)
     # Wait in short slices: Linux may deliver SIGTERM to any thread, and then CPython runs the

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 
 from . import __version__
-from .config import COLLECTORS, LOG_LEVELS, Config, ConfigError, LogConfig, load_file, validate
+from .config import COLLECTORS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, LogConfig, load_file, validate
+from .logformat import FORMATTERS
 from .logs.formats import ALL_FORMATS
 
 USAGE_EXIT = 2
@@ -31,8 +33,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    if not 0 < value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text!r}")
     return value
 
 
@@ -62,6 +64,8 @@ def _serve_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                         help="TLS and basic auth, in the format of Prometheus's exporter-toolkit")
     parser.add_argument("--log.level", dest="log_level", choices=LOG_LEVELS, help="logging level (default info)")
+    parser.add_argument("--log.format", dest="log_format", choices=LOG_FORMATS,
+                        help="the exporter's own log lines: logfmt (default) or json")
     for name in COLLECTORS:
         parser.add_argument(f"--collector.{name}", dest=f"collector_{name}", default=None,
                             action=argparse.BooleanOptionalAction, help=f"enable the {name} collector (default on)")
@@ -102,6 +106,8 @@ def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config
         config.web.config_file = args.web_config_file
     if getattr(args, "log_level", None):
         config.log_level = args.log_level
+    if getattr(args, "log_format", None):
+        config.log_format = args.log_format
     if getattr(args, "gpu_poll", None):
         config.gpu.poll_interval_seconds = args.gpu_poll
     if getattr(args, "fs_paths", None):
@@ -114,9 +120,10 @@ def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config
     return config
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, form: str = "logfmt") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(FORMATTERS[form]())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print("training-exporter: error: no logs to follow: give --log PATH or 'logs' in --config "
                   "(or --no-collector.training to serve hardware metrics only)", file=sys.stderr)
             return USAGE_EXIT
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         from .app import serve
 
         code = serve(config)

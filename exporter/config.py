@@ -7,7 +7,11 @@ expected: ``ConfigError`` carries that line, and the CLI prints it and exits wit
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ import yaml
 
 from .logs.formats import ALL_FORMATS
 from .training.signals import SignalSettings
+from .training.vocabulary import DEFAULT_ALIASES
 
 COLLECTORS = ("training", "gpu", "host", "process")
 
@@ -74,6 +79,7 @@ class Config:
     logs: list[LogConfig] = field(default_factory=list)
     web: WebConfig = field(default_factory=WebConfig)
     log_level: str = "info"
+    log_format: str = "logfmt"
     follow: FollowConfig = field(default_factory=FollowConfig)
     signals: SignalSettings = field(default_factory=SignalSettings)
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
@@ -84,21 +90,85 @@ class Config:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
+
+# What a config file (or web config, or certificate) may be: a regular file this big at most,
+# this deep at most, with this many values at most once YAML's aliases are expanded. Ours need a
+# few kilobytes and five levels.
+MAX_FILE_BYTES = 1 << 20
+MAX_NESTING = 32
+MAX_VALUES = 100_000
+
+
+class Unreadable(Exception):
+    """Why a file cannot be read, in a few words."""
+
+
+def read_regular_file(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of ``limit`` bytes at most. A FIFO, device or directory is
+    refused before it is opened: opening a FIFO for reading waits for a writer, a device may do
+    anything."""
+    try:
+        _regular(os.stat(path).st_mode)
+        # Non-blocking, and checked again once open: the path may have been replaced meanwhile.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+            _regular(os.fstat(handle.fileno()).st_mode)
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise Unreadable(error.strerror or str(error)) from None
+    if len(data) > limit:
+        raise Unreadable(f"larger than {limit / 2**20:g} MiB, the limit")
+    return data
+
+
+def _regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    raise Unreadable(next((f"not a regular file but {kind}" for test, kind in kinds if test(mode)),
+                          "not a regular file"))
 
 
 def read_yaml(path: str, what: str = "config"):
-    """A YAML file's content ({} when empty); unreadable or invalid YAML is a one-line ConfigError."""
+    """A YAML file's content ({} when empty); a file that is unreadable, too large, not UTF-8,
+    not YAML or nested too deeply is a one-line ConfigError."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
+        data = read_regular_file(path)
+    except Unreadable as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not UTF-8: byte 0x{data[error.start]:02x} at offset {error.start}") from None
+    try:
+        content = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    return {} if data is None else data
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as error:  # a value YAML recognised but could not build: a 5,000-digit integer, 2024-13-45
+        raise ConfigError(f"{path}: invalid YAML: {str(error).split(';')[0]}") from None
+    _check_size(content, path, what)
+    return {} if content is None else content
+
+
+def _check_size(content, path: str, what: str) -> None:
+    pending, count = [(content, 1)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{path}: {what} is nested more than {MAX_NESTING} levels deep")
+        if count > MAX_VALUES:
+            raise ConfigError(f"{path}: {what} holds more than {MAX_VALUES} values (aliases expanded)")
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
 
 
 def load_file(path: str) -> Config:
@@ -158,7 +228,13 @@ def _convert(hint, value, filename: str, path: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{filename}: {path}: expected a number, got {_kind(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{filename}: {path}: expected a finite number, got {_kind(value)[:40]}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{filename}: {path}: expected a whole number, got {_kind(value)}")
@@ -177,6 +253,25 @@ def _kind(value) -> str:
         type(value), f"{type(value).__name__} {value!r}"[:60])
 
 
+# Every number the config holds (by its key), with the range that makes sense for it (both ends
+# included, but for the keys in ABOVE_LOWEST). The upper ends are far beyond any real use; they are there
+# because a waiting thread cannot wait longer than the platform's limit, and an absurd window or
+# line length is memory.
+RANGES = {
+    "signals.min_delta": (0, 1e12),
+    "signals.patience": (1, 1_000_000),
+    "signals.spike_window": (1, 100_000),
+    "signals.spike_factor": (1, 1e6),
+    "signals.spike_min_points": (1, 100_000),
+    "signals.max_keys": (1, 100_000),
+    "follow.poll_interval_seconds": (0.01, 60),
+    "follow.rescan_interval_seconds": (0.1, 3600),
+    "follow.max_line_bytes": (1024, 1 << 30),
+    "gpu.poll_interval_seconds": (0.01, 3600),
+}
+ABOVE_LOWEST = ("signals.spike_factor",)
+
+
 def validate(config: Config, filename: str) -> None:
     """Checks that go beyond types; each names the key at fault."""
     from .server import parse_listen_address
@@ -191,6 +286,8 @@ def validate(config: Config, filename: str) -> None:
         load_web_config(config.web.config_file)  # its errors name that file and its key
     if config.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{filename}: log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"{filename}: log_format: expected one of {', '.join(LOG_FORMATS)}, got {config.log_format!r}")
     for name in config.collectors:
         if name not in COLLECTORS:
             raise ConfigError(f"{filename}: unknown collector 'collectors.{name}' (expected one of: {', '.join(COLLECTORS)})")
@@ -216,19 +313,18 @@ def validate(config: Config, filename: str) -> None:
     s = config.signals
     if s.mode not in ("min", "max"):
         raise ConfigError(f"{filename}: signals.mode: expected min or max, got {s.mode!r}")
-    checks = [("signals.min_delta", s.min_delta >= 0, "0 or more"),
-              ("signals.patience", s.patience >= 1, "1 or more"),
-              ("signals.spike_window", s.spike_window >= 1, "1 or more"),
-              ("signals.spike_factor", s.spike_factor > 1, "more than 1"),
-              ("signals.spike_min_points", s.spike_min_points >= 1, "1 or more"),
-              ("signals.max_keys", s.max_keys >= 1, "1 or more"),
-              ("follow.poll_interval_seconds", config.follow.poll_interval_seconds > 0, "more than 0"),
-              ("follow.rescan_interval_seconds", config.follow.rescan_interval_seconds > 0, "more than 0"),
-              ("follow.max_line_bytes", config.follow.max_line_bytes >= 1024, "1024 or more"),
-              ("gpu.poll_interval_seconds", config.gpu.poll_interval_seconds > 0, "more than 0")]
-    for key, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"{filename}: {key}: expected {expected}")
+    for key, (low, high) in RANGES.items():
+        number = functools.reduce(getattr, key.split("."), config)
+        above = key in ABOVE_LOWEST
+        # Written as "in range", which NaN (from a flag) never is.
+        if not ((low < number if above else low <= number) and number <= high):
+            lowest = f"more than {low:g}" if above else f"{low:g} or more"
+            shown = f"{number:g}" if isinstance(number, float) else f"{number}"[:30]  # ints of any size
+            raise ConfigError(f"{filename}: {key}: expected {lowest} and at most {high:g}, got {shown}")
+    unknown = sorted(set(config.vocabulary) - set(DEFAULT_ALIASES))
+    if unknown:
+        raise ConfigError(f"{filename}: vocabulary.{unknown[0]}: not a canonical name "
+                          f"(expected one of: {', '.join(DEFAULT_ALIASES)})")
     if config.process.cmdline_pattern:
         try:
             re.compile(config.process.cmdline_pattern)

@@ -8,6 +8,9 @@ before its number (name, label names, escaped label values) is kept from one scr
 for the same series come back every time. The exporter's own families (``family.py``) hand their
 series over as label pairs, which are that text's key as they are. A name that would need
 escaping, or an OpenMetrics-only sample, sends the whole scrape to ``generate_latest``.
+
+A scraper that asks for OpenMetrics (Prometheus does by default) gets prometheus_client's
+OpenMetrics writer; ``negotiate`` picks the format from the request's Accept header.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from __future__ import annotations
 import math
 import re
 
+from collections import Counter
+from typing import Callable, NamedTuple
+
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, CONTENT_TYPE_PLAIN_1_0_0
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
 from .family import Family
@@ -133,3 +142,63 @@ class _Fixed:
 
     def collect(self):
         return self.metrics
+
+
+def render_openmetrics(registry: CollectorRegistry) -> bytes:
+    """OpenMetrics 1.0.0, by prometheus_client's writer (it ends with ``# EOF``).
+
+    OpenMetrics names an info family without its ``_info`` suffix, so an info family can take
+    the name of another family (``training_hparam`` is both a gauge and, for text values, an
+    info family): OpenMetrics parsers refuse a name given twice. Such an info family is written
+    as what the text format makes of it, a gauge named with ``_info``: the same series either way.
+    """
+    metrics = list(registry.collect())
+    names = Counter(metric.name for metric in metrics)
+    return openmetrics.generate_latest(_Fixed([
+        _info_as_gauge(metric) if metric.type == "info" and names[metric.name] > 1 else metric
+        for metric in metrics]))
+
+
+def _info_as_gauge(metric: Metric) -> Metric:
+    gauge = Metric(metric.name + "_info", metric.documentation, "gauge")
+    gauge.samples = list(metric.samples)
+    return gauge
+
+
+class Format(NamedTuple):
+    render: Callable[[CollectorRegistry], bytes]
+    content_type: str
+
+
+TEXT = Format(render, CONTENT_TYPE_PLAIN_0_0_4)
+TEXT_1_0_0 = Format(render, CONTENT_TYPE_PLAIN_1_0_0)  # the same text; names need no escaping
+OPENMETRICS = Format(render_openmetrics, openmetrics.CONTENT_TYPE_LATEST)
+# (media type, version) -> format; no version means the media type's first version here.
+_OFFERED = {("text/plain", ""): TEXT, ("text/plain", "0.0.4"): TEXT, ("text/plain", "1.0.0"): TEXT_1_0_0,
+            ("application/openmetrics-text", ""): OPENMETRICS,
+            ("application/openmetrics-text", "1.0.0"): OPENMETRICS,
+            ("*/*", ""): TEXT, ("text/*", ""): TEXT, ("application/*", ""): OPENMETRICS}
+
+
+def negotiate(accept: str | None) -> Format:
+    """The format for an Accept header: the offered one with the highest q-value (the first of
+    equals); the text format 0.0.4 when nothing offered is asked for, as Prometheus's exporters
+    answer."""
+    best, best_q = TEXT, 0.0
+    for media_range in (accept or "").split(","):
+        media_type, *parameters = (part.strip() for part in media_range.split(";"))
+        version, q = "", 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            key, value = key.strip().lower(), value.strip().strip('"')
+            if key == "version":
+                version = value
+            elif key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        offered = _OFFERED.get((media_type.lower(), version))
+        if offered is not None and 0 < q <= 1 and q > best_q:
+            best, best_q = offered, q
+    return best

@@ -127,9 +127,10 @@ class PasswordChecker:
         self._compute = compute or backend()[1]
         self._cache: set[bytes] = set()
         self._slow_lock = threading.Lock()
-        # Unknown users are checked against this, so that their answer takes as long as a
-        # wrong password's and does not tell which user names exist.
-        self._decoy = "$2b$10$" + "C" * 53
+        # Unknown users are checked against this, at the highest cost any user has, so that
+        # their answer takes as long as a wrong password's and does not tell which names exist.
+        cost = max((stored[4:6] for stored in self.users.values() if BCRYPT_HASH.match(stored)), default="10")
+        self._decoy = f"$2b${cost}$" + "C" * 53
 
     def check(self, user: str, password: str) -> bool:
         stored = self.users.get(user)

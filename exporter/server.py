@@ -8,19 +8,25 @@ for basic-auth credentials, as Prometheus's own exporters do.
 from __future__ import annotations
 
 import base64
-import binascii
+import errno
 import gzip
+import io
 import logging
+import re
 import socket
+import socketserver
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from . import __version__
-from .exposition import render
+from .connections import Connection, Connections, DeadlineReader
+from .exposition import OPENMETRICS, TEXT, negotiate
+from .ratelimited import RateLimitedLog
 from .webconfig import WebSecurity, client_sans
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,19 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-# A client that connects and then says nothing must not hold a thread for ever.
+# A client that connects and then says nothing, or trickles its request, must not hold a
+# thread for ever: the TLS handshake must be over within the first limit, and a request (line,
+# headers, body) must have arrived within the second of the connection's start or of its
+# previous response. A kept-alive connection idle for that long is closed.
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Each connection is a thread. Prometheus needs one per server, so this leaves room for many
+# scrapers and probes; beyond it, waiting connections are closed (connections.py).
+MAX_CONNECTIONS = 256
+# A GET's body means nothing here, but left unread it would be taken for the next request: up to
+# this much is read and dropped, more (or a chunked body) ends the connection after the answer.
+MAX_DISCARDED_BODY = 64 * 1024
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,10}")
 
 
 class Scrapes:
@@ -58,8 +74,9 @@ class Scrapes:
     result, which began at most one collection's time (milliseconds) before the scrape came.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, render: Callable[[CollectorRegistry], bytes]) -> None:
         self.registry = registry
+        self.render = render
         self._done = threading.Condition()
         self._running = False
         self._generation = 0
@@ -76,7 +93,7 @@ class Scrapes:
             self._running = True
         result = None
         try:
-            result = _Result(render(self.registry))
+            result = _Result(self.render(self.registry))
         except Exception:  # noqa: BLE001 - report, never drop the connection
             log.exception("error while generating metrics")
         finally:
@@ -108,9 +125,71 @@ class _Handler(BaseHTTPRequestHandler):
     # Buffered: the status line, headers and body leave in one write when the response ends,
     # not a write each.
     wbufsize = 1 << 16
-    scrapes: Scrapes
+    timeout = REQUEST_TIMEOUT_SECONDS  # for each write; reads have the request's deadline
+    request_timeout = REQUEST_TIMEOUT_SECONDS  # that deadline; MetricsServer sets it when it starts
+    server: _Server
+    scrapes: dict[Callable, Scrapes]  # by the format's render function
     is_ready: Callable[[], bool]
     security: WebSecurity | None = None
+
+    def setup(self) -> None:
+        # The server hands over its Connection, not the bare socket.
+        self.held: Connection = self.request
+        self.request = self.connection = self.held.sock
+        self.connection.settimeout(self.timeout)
+        self.reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+        self.wfile = self.connection.makefile("wb", self.wbufsize)
+        self.answering = False
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError as error:  # the client went away or stopped reading; never our fault
+            if self.answering:
+                self.server.problems.note("a client disconnected mid-response",
+                                          f"{self.client_address[0]}: {type(error).__name__}")
+            else:
+                log.debug("%s went away: %r", self.client_address[0], error)
+
+    def handle_one_request(self) -> None:
+        self.reader.start(self.request_timeout)
+        self.answering = False
+        super().handle_one_request()  # answers a timeout by ending the connection
+        if self.reader.expired and self.reader.received:
+            self.server.problems.note(f"a client was cut off: its request was not complete within "
+                                      f"{self.request_timeout:g} s", self.client_address[0])
+        elif not self.close_connection:
+            self.server.connections.kept_alive(self.held)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self._discard_body()
+        self.answering = True
+        self.server.connections.answering(self.held)
+        return True
+
+    def _discard_body(self) -> None:
+        lengths = self.headers.get_all("Content-Length", [])
+        chunked = "Transfer-Encoding" in self.headers
+        if not lengths and not chunked:
+            return
+        length = lengths[0].strip() if len(lengths) == 1 and not chunked else ""  # else ambiguous
+        if _CONTENT_LENGTH.fullmatch(length) and int(length) <= MAX_DISCARDED_BODY:
+            self.rfile.read(int(length))  # under the request's deadline
+        else:
+            self.close_connection = True
+
+    def finish(self) -> None:
+        for stream in (self.wfile, self.rfile):
+            try:
+                stream.close()  # the writer's close sends what is buffered
+            except OSError:  # the client is gone; handle() has said so
+                pass
+
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version as well
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         if not self._authorized():
@@ -140,19 +219,20 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 underneath
             return False
         user, colon, password = decoded.partition(":")
         return bool(colon) and passwords.check(user, password)
 
     def _metrics(self) -> None:
-        result = self.scrapes.get()
+        form = negotiate(self.headers.get("Accept"))
+        result = self.scrapes[form.render].get()
         if result is None:
             self._send(500, b"error generating metrics\n", "text/plain; charset=utf-8")
         elif "gzip" in self.headers.get("Accept-Encoding", ""):
-            self._send(200, result.gzipped(), CONTENT_TYPE_LATEST, {"Content-Encoding": "gzip"})
+            self._send(200, result.gzipped(), form.content_type, {"Content-Encoding": "gzip"})
         else:
-            self._send(200, result.body, CONTENT_TYPE_LATEST)
+            self._send(200, result.body, form.content_type)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -176,45 +256,132 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """Accepts connections, within the limits of ``Connections``, each served by its own thread.
+
+    A client's misbehaviour (hanging up, trickling, flooding) ends its own connection and is
+    logged as one rate-limited line; running out of descriptors or threads makes the server back
+    off and close waiting connections, never spin or stop answering the ones it holds.
+    """
+
     daemon_threads = True
+    block_on_close = False
     # socketserver's default backlog is 5: with more scrapers connecting at once, Linux drops
     # their SYNs and they retry after 1 s, 3 s, 7 s. The kernel caps this at net.core.somaxconn.
     request_queue_size = socket.SOMAXCONN
-    tls: ssl.SSLContext | None = None
-    allowed_sans: tuple[str, ...] = ()
 
-    def finish_request(self, request, client_address) -> None:
-        if self.tls is None:
-            super().finish_request(request, client_address)
+    def __init__(self, address: tuple[str, int], handler, family: socket.AddressFamily, dual_stack: bool,
+                 max_connections: int, tls: ssl.SSLContext | None, allowed_sans: tuple[str, ...]) -> None:
+        self.address_family, self.dual_stack = family, dual_stack
+        self.tls, self.allowed_sans = tls, allowed_sans
+        self.connections = Connections(max_connections)
+        self.problems = RateLimitedLog(log)
+        self._backoff = 0.0
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.dual_stack:  # IPv4 clients too, as ::ffff:a.b.c.d (off by default on some systems)
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # Not HTTPServer's, which looks up the host's fully qualified name: DNS at start, unused.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        try:
+            request = super().get_request()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # The connection stays queued and the listening socket readable: retried at
+                # once, accept would fail again at full speed. Wait, and free a descriptor.
+                self.problems.note("cannot accept connections: out of file descriptors or memory",
+                                   f"{error.strerror}; closing a waiting connection and backing off")
+                self.connections.close_one()
+                self._backoff = min(max(0.005, self._backoff * 2), 0.5)
+                time.sleep(self._backoff)
+            raise
+        self._backoff = 0.0
+        return request
+
+    def process_request(self, request, client_address) -> None:
+        connection, closed = self.connections.add(request)
+        if closed:
+            self.problems.note("a waiting connection was closed to make room", f"at most {self.connections.limit} "
+                               f"are held, idle ones are closed first; for {client_address[0]}")
+        if connection is None:
+            self.problems.note("a connection was refused", f"all {self.connections.limit} held connections are "
+                               f"being answered; refused {client_address[0]}")
+            self.shutdown_request(request)
             return
+        for attempt in range(2):
+            thread = threading.Thread(target=self._serve, args=(connection, client_address), daemon=True)
+            connection.thread = thread
+            try:
+                thread.start()
+                return
+            except RuntimeError:  # "can't start new thread": a limit on threads or memory
+                freed = self.connections.hold_fewer() if attempt == 0 else None
+                self.problems.note("the system refused a new thread", f"holding at most {self.connections.limit} "
+                                   f"connections from now on; {client_address[0]} waits")
+                if freed is None:
+                    break
+                if freed.thread is not None:
+                    freed.thread.join(1.0)  # its thread ends once its socket is shut
+        self._close(connection)
+
+    def _serve(self, connection: Connection, client_address) -> None:
+        try:
+            if self.tls is None or self._handshake(connection, client_address):
+                self.RequestHandlerClass(connection, client_address, self)
+        except Exception:  # noqa: BLE001 - a bug must cost one connection, logged, not the server
+            self.problems.note("error while serving a client", client_address[0], exc_info=True)
+        finally:
+            self._close(connection)
+
+    def _handshake(self, connection: Connection, client_address) -> bool:
         # The TLS handshake happens here, in the connection's own thread: done on the listening
         # socket, one slow or silent client would stall every other.
-        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        connection.sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)  # for the whole handshake
         try:
-            connection = self.tls.wrap_socket(request, server_side=True)
+            tls = self.tls.wrap_socket(connection.sock, server_side=True, do_handshake_on_connect=False)
+            self.connections.replace_socket(connection, tls)
+            tls.do_handshake()
         except (ssl.SSLError, OSError) as error:  # plain HTTP, no or untrusted client certificate
-            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
-            return
-        try:
-            if self.allowed_sans and not client_sans(connection.getpeercert()) & set(self.allowed_sans):
-                log.debug("client certificate of %s names none of client_allowed_sans", client_address[0])
-                return
-            super().finish_request(connection, client_address)
-        finally:
-            self.shutdown_request(connection)
+            self.problems.note("a TLS handshake failed", f"{client_address[0]}: {error}")
+            return False
+        if self.allowed_sans and not client_sans(tls.getpeercert()) & set(self.allowed_sans):
+            self.problems.note("a client certificate names none of client_allowed_sans", client_address[0])
+            return False
+        return True
+
+    def _close(self, connection: Connection) -> None:
+        self.connections.remove(connection)
+        self.shutdown_request(connection.sock)
+
+    def service_actions(self) -> None:
+        self.problems.flush()  # the serving loop calls this every poll interval
+
+    def handle_error(self, request, client_address) -> None:
+        self.problems.note("error while accepting a client", client_address[0], exc_info=True)
 
 
 class MetricsServer:
     def __init__(self, address: str, registry: CollectorRegistry, is_ready: Callable[[], bool],
-                 security: WebSecurity | None = None) -> None:
+                 security: WebSecurity | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
         host, port = parse_listen_address(address)
-        handler = type("Handler", (_Handler,), {"scrapes": Scrapes(registry), "is_ready": staticmethod(is_ready),
-                                                "security": security, "timeout": REQUEST_TIMEOUT_SECONDS})
-        attributes = {"tls": security.tls if security else None,
-                      "allowed_sans": security.allowed_sans if security else ()}
-        if ":" in host:
-            attributes["address_family"] = socket.AF_INET6
-        self.httpd = type("Server", (_Server,), attributes)((host, port), handler)
+        scrapes = {form.render: Scrapes(registry, form.render) for form in (TEXT, OPENMETRICS)}
+        handler = type("Handler", (_Handler,), {"scrapes": scrapes, "is_ready": staticmethod(is_ready),
+                                                "security": security, "request_timeout": REQUEST_TIMEOUT_SECONDS})
+        tls, sans = (security.tls, security.allowed_sans) if security else (None, ())
+        if host:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.httpd = _Server((host, port), handler, family, False, max_connections, tls, sans)
+        else:  # ":PORT": every address, IPv6 and IPv4, as Prometheus's exporters listen
+            try:
+                self.httpd = _Server(("::", port), handler, socket.AF_INET6, True, max_connections, tls, sans)
+            except OSError as error:
+                if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+                    raise
+                log.debug("no IPv6 here (%s): listening on IPv4 only", error.strerror)
+                self.httpd = _Server(("", port), handler, socket.AF_INET, False, max_connections, tls, sans)
         self._thread: threading.Thread | None = None
 
     @property
@@ -230,3 +397,4 @@ class MetricsServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.connections.close_all()

@@ -21,8 +21,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 
-
-from .config import ConfigError, read_yaml
+from .config import ConfigError, Unreadable, read_regular_file, read_yaml
 from .passwords import BCRYPT_HASH, BcryptUnavailable, PasswordChecker, backend
 
 TLS_VERSIONS = {
@@ -181,11 +180,11 @@ def _tls_context(path: str, tls: dict, base: str) -> tuple[ssl.SSLContext, tuple
 
 
 def _readable(where: str, path: str) -> None:
+    # Checked here, as the config is: OpenSSL would wait on a FIFO, or read a device for ever.
     try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except OSError as error:
-        raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+        read_regular_file(path)
+    except Unreadable as error:
+        raise ConfigError(f"{where}: cannot read {path}: {error}") from None
 
 
 def _reason(error: ssl.SSLError) -> str:

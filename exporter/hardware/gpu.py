@@ -136,6 +136,14 @@ class GpuCollector(Collector):
                 log.warning("GPU poll thread is stuck in an NVML call; it releases NVML when the call returns")
 
     def collect(self) -> Iterable[Metric]:
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            # Its last snapshot would be served as current for ever: say the collector failed.
+            reason = "the GPU poll thread has ended (its error is in the log); restart the exporter"
+            if reason not in self._warned:
+                self._warned.add(reason)
+                log.error("GPU metrics unavailable: %s", reason)
+            raise CollectorUnavailable(reason)
         snap = self._snapshot
         if snap is None:
             raise CollectorUnavailable(self._reason or "no GPU poll has completed yet")
