@@ -9,6 +9,8 @@ one almost always reads it), then to the others in their order until one reads i
 from __future__ import annotations
 
 from .formats import AUTO_ORDER, LINE_FORMATS, LineFormat, ParseError, Record
+from .formats.csvlog import CsvMetrics
+from .formats.jsonl import JsonLines
 from .formats.regex import RegexFormat
 
 
@@ -22,24 +24,24 @@ class DialectChoice:
 
     def __init__(self, dialects: list[LineFormat], forced: bool = False) -> None:
         self._dialects = dialects
-        self._last = dialects[0]
+        # The dialect that read values last: the first to try. A forced one from the start.
+        self._last: LineFormat | None = dialects[0] if forced else None
         self._proven: set[int] = {id(d) for d in dialects} if forced else set()
-        self.names: set[str] = set()
+        self.names: set[str] = {dialects[0].name} if forced else set()
 
     def parse(self, payload: str) -> list[Record]:
         """The records of the first dialect that reads ``payload``, or [] when none does.
         Raises the ParseError of a proven dialect that calls it its own but broken line."""
-        last = self._last
-        error: ParseError | None = None
-        try:
-            records = last.parse(payload)
-        except ParseError as caught:
-            records, error = [], (caught if id(last) in self._proven else None)
-        # A bare progress bar from the dialect of the line before is its own (a Trainer's bar
-        # between its dicts); from any other dialect it is kept only if none reads more.
-        if records and (_reads_values(records) or len(self._dialects) == 1):
-            return self._read(last, records)
-        fallback = records
+        last, error = self._last, None
+        if last is not None:
+            try:
+                records = last.parse(payload)
+            except ParseError as caught:
+                error = caught
+            else:
+                if records:
+                    return records  # a bare progress bar too: a Trainer's bar between its dicts
+        fallback: list[Record] = []
         for dialect in self._dialects:
             if dialect is last:
                 continue
@@ -49,22 +51,19 @@ class DialectChoice:
                 if error is None and id(dialect) in self._proven:
                     error = caught
                 continue
-            if found:
-                if _reads_values(found):
-                    return self._read(dialect, found)
-                if not fallback:
-                    fallback = found
+            if not found:
+                continue
+            if _reads_values(found):
+                self._last = dialect
+                self._proven.add(id(dialect))
+                self.names.add(dialect.name)
+                return found
+            fallback = fallback or found  # a bare progress bar: kept if no dialect reads more
         if fallback:
             return fallback
         if error is not None:
             raise error
         return []
-
-    def _read(self, dialect: LineFormat, records: list[Record]) -> list[Record]:
-        self._last = dialect
-        self._proven.add(id(dialect))
-        self.names.add(dialect.name)
-        return records
 
 
 def _reads_values(records: list[Record]) -> bool:
@@ -82,6 +81,8 @@ def dialects_for(format_name: str, by_name: str | None, patterns: tuple[tuple[st
         return DialectChoice([RegexFormat([p for p, _ in patterns], [k for _, k in patterns])], forced=True)
     if format_name not in ("auto", None):
         return DialectChoice([LINE_FORMATS[format_name]()], forced=True)
-    if by_name in ("csv", "jsonl"):
-        return DialectChoice([LINE_FORMATS[by_name]()])
+    if by_name == "csv":
+        return DialectChoice([CsvMetrics()])
+    if by_name == "jsonl":
+        return DialectChoice([JsonLines()])
     return DialectChoice([LINE_FORMATS[name]() for name in AUTO_ORDER])

@@ -48,49 +48,56 @@ _LAUNCHER_STARTS = frozenset("[0123456789")
 _DATE = r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?"
 _LEVEL = r"(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|NOTSET)"
 _NAME = r"[\w.\-<>]{1,120}"
-# Each prefix in full, so that a message that merely starts like one is left alone.
-_LOGGING_BY_START: dict[str, re.Pattern[str]] = {}
-_LOGGING = {
-    "digit": re.compile(
-        # 2026-12-01 10:00:00,123 - __main__ - INFO - msg  (the logging cookbook's format)
-        rf"{_DATE} - {_NAME} - {_LEVEL} - "
-        # 2026-12-01 10:00:00,123 - INFO - __main__ - msg  and the same with Hugging Face's
-        # example scripts' date: 12/01/2026 10:00:00 - INFO - __main__ - msg
-        rf"|(?:{_DATE}|\d\d/\d\d/\d{{4}} \d\d:\d\d:\d\d) - {_LEVEL} - {_NAME} - "
-        # 2026-12-01 10:00:00 | INFO | train_inner | msg  (fairseq)
-        rf"|{_DATE} \| {_LEVEL} \| {_NAME} \| "
-        # 2026-12-01 10:00:00.123 | INFO     | __main__:main:12 - msg  (loguru)
-        rf"|{_DATE} \| {_LEVEL} {{0,8}}\| {_NAME}(?::[\w<>]{{1,80}}:\d{{1,7}})? - "
-        # 2026-12-01 10:00:00,123 INFO __main__: msg  (this exporter's own, and many like it)
-        rf"|{_DATE} {_LEVEL} {_NAME}: "
-    ),
-    "[": re.compile(
-        # [INFO|trainer.py:2134] 2026-12-01 10:00:00,123 >> msg  (transformers' explicit format)
-        rf"\[{_LEVEL}\|[\w.\-]{{1,120}}:\d{{1,7}}\] {_DATE} >> "
-        # [2026-12-01 10:00:00,123] [INFO] [logging.py:96:log_dist] msg  (DeepSpeed)
-        rf"|\[{_DATE}\] \[{_LEVEL}\] \[[\w.\-]{{1,120}}:\d{{1,7}}(?::[\w<>]{{1,80}})?\] "
-        # [2026-12-01 10:00:00,123][fairseq.trainer][INFO] - msg  (hydra)
-        rf"|\[{_DATE}\]\[{_NAME}\]\[{_LEVEL}\] - "
-    ),
-    "level": re.compile(
-        # INFO:__main__:msg  (logging.basicConfig's default)
-        rf"{_LEVEL}:{_NAME}:"
-        # INFO: msg  (a handler that prints the level alone)
-        rf"|{_LEVEL}: "
-        # I1201 10:00:00.123456 140000 train.py:12] msg  (absl, glog)
-        r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{1,9} {1,8}\d{1,10} [\w.\-]{1,120}:\d{1,7}\] "
-    ),
-}
-for _char in "0123456789":
-    _LOGGING_BY_START[_char] = _LOGGING["digit"]
-_LOGGING_BY_START["["] = _LOGGING["["]
-for _char in "DIWECFN":
-    _LOGGING_BY_START[_char] = _LOGGING["level"]
+# Each prefix in full, so that a message that merely starts like one is left alone; grouped by
+# how a prefix starts, so that a look at its first characters picks the one pattern to try.
+_LOGGING_DATED = re.compile(
+    # 2026-12-01 10:00:00,123 - __main__ - INFO - msg  (the logging cookbook's format)
+    rf"{_DATE} - {_NAME} - {_LEVEL} - "
+    # 2026-12-01 10:00:00,123 - INFO - __main__ - msg  and the same with Hugging Face's example
+    # scripts' date: 12/01/2026 10:00:00 - INFO - __main__ - msg
+    rf"|(?:{_DATE}|\d\d/\d\d/\d{{4}} \d\d:\d\d:\d\d) - {_LEVEL} - {_NAME} - "
+    # 2026-12-01 10:00:00 | INFO | train_inner | msg  (fairseq)
+    rf"|{_DATE} \| {_LEVEL} \| {_NAME} \| "
+    # 2026-12-01 10:00:00.123 | INFO     | __main__:main:12 - msg  (loguru)
+    rf"|{_DATE} \| {_LEVEL} {{0,8}}\| {_NAME}(?::[\w<>]{{1,80}}:\d{{1,7}})? - "
+    # 2026-12-01 10:00:00,123 INFO __main__: msg  (this exporter's own, and many like it)
+    rf"|{_DATE} {_LEVEL} {_NAME}: "
+)
+_LOGGING_BRACKETED = re.compile(
+    # [INFO|trainer.py:2134] 2026-12-01 10:00:00,123 >> msg  (transformers' explicit format)
+    rf"\[{_LEVEL}\|[\w.\-]{{1,120}}:\d{{1,7}}\] {_DATE} >> "
+    # [2026-12-01 10:00:00,123] [INFO] [logging.py:96:log_dist] msg  (DeepSpeed)
+    rf"|\[{_DATE}\] \[{_LEVEL}\] \[[\w.\-]{{1,120}}:\d{{1,7}}(?::[\w<>]{{1,80}})?\] "
+    # [2026-12-01 10:00:00,123][fairseq.trainer][INFO] - msg  (hydra)
+    rf"|\[{_DATE}\]\[{_NAME}\]\[{_LEVEL}\] - "
+)
+_LOGGING_LEVEL_FIRST = re.compile(
+    # INFO:__main__:msg  (logging.basicConfig's default)
+    rf"{_LEVEL}:{_NAME}:"
+    # INFO: msg  (a handler that prints the level alone)
+    rf"|{_LEVEL}: "
+    # I1201 10:00:00.123456 140000 train.py:12] msg  (absl, glog)
+    r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{1,9} {1,8}\d{1,10} [\w.\-]{1,120}:\d{1,7}\] "
+)
+_LEVEL_HEADS = frozenset(("DEBU", "INFO", "WARN", "ERRO", "CRIT", "FATA", "NOTS"))
+_DIGITS = frozenset("0123456789")
 
 
 def strip_logging_prefix(text: str) -> str:
-    """The message of a line written through Python ``logging`` (the line itself otherwise)."""
-    pattern = _LOGGING_BY_START.get(text[:1])
+    """The message of a line written through Python ``logging`` (the line itself otherwise).
+
+    A look at a character or two says whether a prefix may start here, so that the lines of a
+    log without one (nearly all of a trainer's output) never meet the patterns."""
+    first = text[:1]
+    if first in _DIGITS:
+        pattern = _LOGGING_DATED if text[4:5] == "-" or text[2:3] == "/" else None
+    elif first == "[":
+        second = text[1:2]
+        pattern = _LOGGING_BRACKETED if second.isupper() or second in _DIGITS else None
+    elif first in "DIWECFN":
+        pattern = _LOGGING_LEVEL_FIRST if text[:4] in _LEVEL_HEADS or text[1:5].isdigit() else None
+    else:
+        return text
     if pattern is not None:
         match = pattern.match(text)
         if match is not None:
@@ -121,13 +128,14 @@ class Envelopes:
                 line = self._docker(line)
                 if line is None:
                     return []
-        elif first.isdigit():
-            match = _CRI.match(line)
+        elif first in _DIGITS:
+            match = _CRI.match(line) if line[4:5] == "-" and line[10:11] == "T" else None
             if match is not None:
                 line = self._cri(match, line[match.end():])
                 if line is None:
                     return []
-        if line[:1] in _LAUNCHER_STARTS:
+        # A launcher's prefix closes its bracket, or its task number, within a few characters.
+        if line[:1] in _LAUNCHER_STARTS and (line.find("]", 1, 48) > 0 or line.find(": ", 1, 8) > 0):
             line = self._launcher(line)
         if self.rank is not None or self.stream is not None:
             line = line.strip()  # what the wrapping left around the trainer's own line

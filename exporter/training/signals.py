@@ -25,6 +25,8 @@ MAX_META_STRING = 64
 RATE_WINDOW_SECONDS = 300.0
 MAX_HISTORY = 10_000  # NaN steps an offline inspection keeps
 MAX_PLANS = 64  # key sets per kind whose names are remembered
+MAX_META_SEEN = 1000
+_UNSEEN = object()
 MAX_PLAN_KEY_CHARS = 4096
 
 
@@ -121,6 +123,7 @@ class SourceState:
         self._dropped_keys_total = 0
         self._meta_numbers: dict[str, float] = {}
         self._meta_strings: dict[str, str] = {}
+        self._meta_seen: dict[str, float | str] = {}  # raw meta key -> the value last applied
         # A file rewritten whole (Lightning's CSVLogger does this) is read again from the top:
         # records up to this step were already counted and must not be counted twice.
         self._replay_through: int | None = None
@@ -165,8 +168,11 @@ class SourceState:
         if not replay and (values or kind is _SUMMARY):
             self._records[kind.value] += 1
         if record.meta:
+            seen = self._meta_seen
             for key, value in record.meta.items():
-                self._set_meta(key, value)
+                # Megatron repeats max_steps on every line: a fact kept already is not set again.
+                if seen.get(key, _UNSEEN) != value and self._set_meta(key, value) and len(seen) < MAX_META_SEEN:
+                    seen[key] = value
         if record.progress is not None:
             self._apply_progress_bar(record.progress, when)
 
@@ -274,7 +280,9 @@ class SourceState:
             self._latest[name] = value
             self._others += 1
 
-    def _set_meta(self, key: str, value: float | str) -> None:
+    def _set_meta(self, key: str, value: float | str) -> bool:
+        """Keep a run fact; False when it is not kept (not a number or a short text, or over
+        the cap)."""
         name = normalise(key)
         if name == "max_steps" and isinstance(value, (int, float)) and value > 0:
             self._max_steps = float(value)
@@ -284,9 +292,11 @@ class SourceState:
         elif isinstance(value, str) and value and len(value) <= MAX_META_STRING and value.isprintable():
             target = self._meta_strings
         else:
-            return
+            return False
         if name in target or self._admit(target, name, len(self._meta_numbers) + len(self._meta_strings)):
             target[name] = value
+            return True
+        return False
 
     def _judge_spike(self, loss: float) -> None:
         """A training loss against the median of the finite losses before it."""

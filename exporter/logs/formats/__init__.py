@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from .base import Event, Kind, ParseError, Record
-from .csvlog import CsvMetrics, KerasCsv, LightningCsv
+from .csvlog import KerasCsv, LightningCsv
 from .deepspeed import DeepSpeed
 from .fairseq import Fairseq
 from .hf_console import HuggingFaceConsole
@@ -51,7 +51,6 @@ AUTO_ORDER = ("megatron", "deepspeed", "fairseq", "torchtune", "nanogpt", "jsonl
 LINE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     **CONSOLE_FORMATS,
     "jsonl": JsonLines,
-    "csv": CsvMetrics,
     "lightning_csv": LightningCsv,
     "keras_csv": KerasCsv,
 }

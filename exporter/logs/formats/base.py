@@ -4,7 +4,9 @@ few rules about key names that every dialect shares."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 
 class Kind(enum.Enum):
@@ -22,7 +24,12 @@ class Event(enum.Enum):
     LOSS_SCALE_OVERFLOW = "loss_scale_overflow"  # fp16 overflow: step skipped, loss scale lowered
 
 
-@dataclass(slots=True)
+# What a record holds when it holds no values or no run facts: one shared, read-only mapping, so
+# that the many records that carry only a progress bar or an event cost no dictionaries.
+_NONE: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(slots=True, init=False)
 class Record:
     """One thing a log line (or event, or document entry) said.
 
@@ -31,17 +38,28 @@ class Record:
     be NaN or infinite: hiding those is exactly what must not happen.
     """
 
-    values: dict[str, float] = field(default_factory=dict)
-    kind: Kind = Kind.TRAIN
-    step: int | None = None
-    event: Event | None = None
+    values: Mapping[str, float]
+    kind: Kind
+    step: int | None
+    event: Event | None
     # Facts about the run: hyperparameters, max_steps, batch size. Numbers or short strings.
-    meta: dict[str, float | str] = field(default_factory=dict)
+    meta: Mapping[str, float | str]
     # (done, total) from a progress bar such as tqdm's "50/1000".
-    progress: tuple[int, int] | None = None
+    progress: tuple[int, int] | None
     # When the line was written, where something says so: TensorBoard's wall_time, or the
     # time a container runtime stamped on the line.
-    wall_time: float | None = None
+    wall_time: float | None
+
+    def __init__(self, values: Mapping[str, float] = _NONE, kind: Kind = Kind.TRAIN, step: int | None = None,
+                 event: Event | None = None, meta: Mapping[str, float | str] = _NONE,
+                 progress: tuple[int, int] | None = None, wall_time: float | None = None) -> None:
+        self.values = values
+        self.kind = kind
+        self.step = step
+        self.event = event
+        self.meta = meta
+        self.progress = progress
+        self.wall_time = wall_time
 
 
 class ParseError(ValueError):
@@ -113,13 +131,34 @@ def _key_class(key: str) -> str:
     return found
 
 
+# A key set -> what it holds: a kind, or SPLIT (training and evaluation values together), or
+# NOTHING (no key that measures anything). A log repeats a few key sets on every line.
+SPLIT, NOTHING = "split", "nothing"
+_KEY_SETS: dict[tuple[str, ...], Kind | str] = {}
+
+
+def _key_set(keys: tuple[str, ...]) -> Kind | str:
+    found = _KEY_SETS.get(keys)
+    if found is None:
+        classes = set(map(_key_class, keys))
+        if _TRAINING not in classes and _EVALUATION not in classes:
+            found = NOTHING
+        elif SUMMARY_KEY in keys:
+            found = Kind.SUMMARY
+        elif _EVALUATION not in classes:
+            found = Kind.TRAIN
+        else:
+            found = SPLIT if _TRAINING in classes else Kind.EVAL
+        if len(_KEY_SETS) < 1000 and sum(map(len, keys)) <= 4096:
+            _KEY_SETS[keys] = found
+    return found
+
+
 def kind_of(keys) -> Kind:
     """The kind of a record from its keys alone: the end-of-run summary, an evaluation when every
     key that measures something is an evaluation key, else a training step."""
-    if SUMMARY_KEY in keys:
-        return Kind.SUMMARY
-    classes = set(map(_key_class, keys))
-    return Kind.EVAL if _EVALUATION in classes and _TRAINING not in classes else Kind.TRAIN
+    found = _key_set(tuple(keys))
+    return found if isinstance(found, Kind) else Kind.TRAIN
 
 
 def records_by_kind(values: dict[str, float], step: int | None = None) -> list[Record]:
@@ -128,11 +167,11 @@ def records_by_kind(values: dict[str, float], step: int | None = None) -> list[R
     ``train/loss`` and ``eval/loss``): the evaluation keys in an evaluation record, the others in
     a training record (or the summary), and the keys that say when (the epoch) in each. Keys
     that only say when make no record."""
-    classes = set(map(_key_class, values))
-    if _TRAINING not in classes and _EVALUATION not in classes:
-        return []  # nothing measured: only when (an epoch), or nothing at all
-    if SUMMARY_KEY in values or _EVALUATION not in classes or _TRAINING not in classes:
-        return [Record(values=values, kind=kind_of(values), step=step)]
+    found = _key_set(tuple(values))
+    if found is NOTHING:
+        return []
+    if found is not SPLIT:
+        return [Record(values=values, kind=found, step=step)]
     train: dict[str, float] = {}
     evaluation: dict[str, float] = {}
     for key, value in values.items():

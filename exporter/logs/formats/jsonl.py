@@ -148,10 +148,10 @@ class JsonLines:
                 if step is None:
                     raise ParseError(f"unusable {key}: {str(raw)[:40]!r}")
             values.pop(key, None)
-        if all(map(is_neutral_key, values)):
-            return []  # no metric at all
         split = None if _SPLIT_FIELD_SET.isdisjoint(obj) else _split_says_eval(obj)
         if split is None:
             return records_by_kind(values, step)
+        if all(map(is_neutral_key, values)):
+            return []  # no metric at all
         kind = Kind.EVAL if split else Kind.SUMMARY if SUMMARY_KEY in values else Kind.TRAIN
         return [Record(values=values, kind=kind, step=step)]

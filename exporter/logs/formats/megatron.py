@@ -89,21 +89,19 @@ def _iteration(line: str) -> re.Match[str] | None:
 
 def _fields(text: str) -> dict[str, float]:
     """``" lm loss: 2.3E+00 | grad norm: nan |"`` -> ``{"lm loss": 2.3, "grad norm": nan}``."""
-    pairs = [(name.strip(), raw) for name, raw in _FIELD.findall(text)]
+    pairs = _FIELD.findall(text)
     try:  # the common line: every value a plain number, which float() reads with its spaces
-        return {name: float(raw) for name, raw in pairs if name}
+        values = {name.strip(): float(raw) for name, raw in pairs}
     except ValueError:
-        pass
-    values: dict[str, float] = {}
-    for name, raw in pairs:
-        if not name:
-            continue
-        try:
-            values[name] = float(raw)
-        except ValueError:
-            value = _number(raw.strip())
-            if value is not None:
-                values[name] = value
+        values = {}
+        for name, raw in pairs:
+            try:
+                values[name.strip()] = float(raw)
+            except ValueError:
+                value = _number(raw.strip())
+                if value is not None:
+                    values[name.strip()] = value
+    values.pop("", None)  # a field with no name before its colon
     return values
 
 
