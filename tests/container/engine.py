@@ -136,8 +136,8 @@ def _docker(state: Path) -> Iterator[Engine]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-        shutil.rmtree(runtime, ignore_errors=True)
-        shutil.rmtree(state, ignore_errors=True)
+        _remove(runtime)
+        _remove(state)
 
 
 def _wait_for_daemon(daemon: subprocess.Popen, command: list[str], log: Path) -> str:
@@ -167,7 +167,17 @@ def _podman(state: Path) -> Iterator[Engine]:
     finally:
         # Containers still there hold mounts; remove them before the storage.
         subprocess.run([*command, "rm", "--all", "--force"], capture_output=True, timeout=120, check=False)
-        shutil.rmtree(state, ignore_errors=True)
+        _remove(state)
+
+
+def _remove(directory: Path) -> None:
+    """Removes what an engine left, mounts first: dockerd leaves its network namespace mounted."""
+    prefix = f"{directory.resolve()}/"
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4] for line in mounts]
+    for point in sorted((point for point in points if point.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", point], capture_output=True, timeout=60, check=False)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def stand_in_base(engine: Engine) -> str:
