@@ -11,7 +11,6 @@ import sys
 import zipfile
 from email.message import Message
 from email.parser import Parser
-from pathlib import Path
 
 import pytest
 from conftest import ROOT

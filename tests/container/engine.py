@@ -209,7 +209,8 @@ def base_tarball() -> Path:
                                  "bookworm", str(rootfs), DEBIAN_MIRROR],
                                 capture_output=True, text=True, timeout=900, check=False)
         if result.returncode != 0:
-            raise EngineUnavailable(f"no base image: debootstrap failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+            output = (result.stdout + result.stderr).strip().splitlines()
+            raise EngineUnavailable(f"no base image: debootstrap failed: {' | '.join(output[-5:])}")
         for unneeded in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
                          "usr/share/locale", "usr/share/info"):
             shutil.rmtree(rootfs / unneeded)
