@@ -108,15 +108,15 @@ def _docker(state: Path) -> Iterator[Engine]:
         raise EngineUnavailable("the docker client is not installed (apt-get install docker.io)")
     try:
         running = _version(["docker"], "{{.Server.Version}}")
-    except EngineUnavailable:
-        running = None
+    except EngineUnavailable as error:
+        running, no_daemon = None, f"no Docker daemon answers ({error})"
     if running:
         yield Engine("docker", ["docker"], running)
         return
     if not shutil.which("dockerd"):
-        raise EngineUnavailable("no Docker daemon answers and dockerd is not installed (apt-get install docker.io)")
+        raise EngineUnavailable(f"{no_daemon} and dockerd is not installed (apt-get install docker.io)")
     if os.geteuid() != 0:
-        raise EngineUnavailable("no Docker daemon answers, and only root can start one here")
+        raise EngineUnavailable(f"{no_daemon}, and only root can start one here")
     # Unix socket paths are limited to about 100 bytes: keep the daemon's under a short directory.
     runtime = Path(tempfile.mkdtemp(prefix="te-dockerd-", dir="/tmp"))
     state.mkdir(parents=True, exist_ok=True)
