@@ -17,8 +17,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # Install the exporter and its dependencies into a virtual environment, which the final stage
-# copies whole: no wheels, pip or build tools in the final image, and the same steps whether the
-# base's own pip is the official image's or Debian's (which refuses to install outside a venv).
+# copies whole (pip removed from it): no wheels or build tools in the final image, and the same
+# steps whether the base's pip is the official image's or Debian's (which refuses to install
+# outside a venv).
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
