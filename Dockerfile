@@ -1,22 +1,33 @@
-# syntax=docker/dockerfile:1
 # training-exporter: a Prometheus exporter sidecar for model-training jobs.
 #
 #     docker build -t training-exporter .
 #     docker run --rm -v /path/to/logs:/logs:ro -p 9945:9945 training-exporter --log /logs/train.log
+#
+# Builds with Docker (with or without BuildKit, offline too), buildah and podman: no `# syntax`
+# line (BuildKit would fetch that frontend) and no `RUN --mount` (the classic builder lacks it).
+# buildah and podman write OCI images by default, which have no HEALTHCHECK: build with
+# `--format docker` to keep it.
 #
 # No NVIDIA driver inside: NVML (libnvidia-ml.so.1) comes from the host's driver, mounted by the
 # NVIDIA Container Toolkit when the container runs with the NVIDIA runtime (docker run --gpus all,
 # or a Kubernetes node with the GPU operator / device plugin). Without it the gpu collector
 # reports itself unavailable and the rest works.
 
+# Any Debian-like image with python3 and its venv module (python3-venv on Debian itself).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Build a wheel of the exporter and of its dependencies, so the final image needs no build tools.
+# Install the exporter and its dependencies into a virtual environment, which the final stage
+# copies whole (pip removed from it): no wheels or build tools in the final image, and the same
+# steps whether the base's pip is the official image's or Debian's (which refuses to install
+# outside a venv).
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m venv /opt/training-exporter \
+    && /opt/training-exporter/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /opt/training-exporter/bin/pip install --no-cache-dir /wheels/training_exporter-*.whl \
+    && /opt/training-exporter/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -31,20 +42,18 @@ LABEL org.opencontainers.image.title="training-exporter" \
       org.opencontainers.image.source="https://github.com/training-exporter/training-exporter" \
       org.opencontainers.image.documentation="https://github.com/training-exporter/training-exporter/blob/main/docs/deployment.md"
 
-# Nothing is written at run time (the root filesystem may be read-only): no bytecode caches,
-# unbuffered logs to stderr.
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Nothing is written at run time (the root filesystem may be read-only): no bytecode caches (pip
+# compiled it at install), unbuffered logs to stderr. The revision shows in
+# training_exporter_build_info.
+ENV PATH=/opt/training-exporter/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    NVIDIA_DRIVER_CAPABILITIES=utility
+    NVIDIA_DRIVER_CAPABILITIES=utility \
+    TRAINING_EXPORTER_REVISION=${REVISION}
 
-# Install from the build stage's wheels without copying them into a layer; compile the bytecode
-# now, since it cannot be written later.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/training_exporter-*.whl \
-    && python -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    && groupadd --system --gid 10001 exporter \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin exporter \
+COPY --from=build /opt/training-exporter /opt/training-exporter
+RUN groupadd --gid 10001 exporter \
+    && useradd --uid 10001 --gid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin exporter \
     && mkdir /logs && chown exporter:exporter /logs
 
 # A numeric user, so Kubernetes can check runAsNonRoot without knowing the name.

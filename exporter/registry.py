@@ -14,6 +14,7 @@ from prometheus_client.metrics_core import Metric
 from . import __version__
 from .collector_base import Collector, CollectorUnavailable
 from .family import Family
+from .revision import source_revision
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ class CollectorSet:
     def __init__(self, collectors: list[Collector]) -> None:
         self.collectors = collectors
         self._reported: dict[str, str] = {}  # collector -> the failure last logged, to log each once
+        # Looked up once: the revision cannot change while the process runs.
+        self._build_labels = (("version", __version__), ("python_version", platform.python_version()),
+                              ("revision", source_revision()))
 
     def collect(self) -> Iterable[Metric]:
         success = Family("training_exporter_collector_success", "1 when the collector's last scrape succeeded.",
@@ -49,8 +53,8 @@ class CollectorSet:
             duration.add(labels, time.perf_counter() - started)
         yield success
         yield duration
-        build = Family("training_exporter_build", "The exporter's version and runtime.", "info")
-        build.add((("version", __version__), ("python_version", platform.python_version())), 1)
+        build = Family("training_exporter_build", "The exporter's version, source revision and runtime.", "info")
+        build.add(self._build_labels, 1)
         yield build
 
     def _report(self, name: str, message: str) -> None:

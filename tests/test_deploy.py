@@ -109,7 +109,7 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else(final_stage)
     for item in parser.structure:
         if item["instruction"] == "COPY" and "--from" not in item["value"]:
             copied.update(item["value"].split()[:-1])
-    assert copied == kept == {"pyproject.toml", "README.md", "exporter"}
+    assert copied == kept == {"pyproject.toml", "README.md", "LICENSE", "exporter"}
     assert all((ROOT / path).exists() for path in kept)
 
 
@@ -117,7 +117,7 @@ def test_build_context_makes_the_wheel_the_image_installs(tmp_path):
     """The build stage's `pip wheel .`, from the files .dockerignore lets into the context."""
     context = tmp_path / "context"
     context.mkdir()
-    for path in ("pyproject.toml", "README.md"):
+    for path in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / path, context / path)
     shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
     result = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),
@@ -130,6 +130,7 @@ def test_build_context_makes_the_wheel_the_image_installs(tmp_path):
         entry_points = archive.read(next(name for name in names if name.endswith("entry_points.txt"))).decode()
     assert "training-exporter = exporter.cli:main" in entry_points
     assert "exporter/demo.py" in names  # the Compose stack's simulated job
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)  # the image ships the license
 
 
 def test_healthcheck_command_tells_a_running_exporter_from_a_stopped_one(final_stage, tmp_path):

@@ -1,0 +1,33 @@
+"""The source revision the exporter was built from, for training_exporter_build_info: the one the
+image build recorded, else the commit of the git checkout it runs from, else "unknown"."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+# Set by the container image from its REVISION build argument.
+REVISION_VARIABLE = "TRAINING_EXPORTER_REVISION"
+UNKNOWN = "unknown"
+
+
+def source_revision() -> str:
+    recorded = os.environ.get(REVISION_VARIABLE, "").strip()
+    return recorded or _checkout_revision() or UNKNOWN
+
+
+def _checkout_revision() -> str | None:
+    """HEAD of the checkout whose top level holds this package; None where the package is installed
+    elsewhere (a site-packages inside some other repository is not our revision), git is missing,
+    or git refuses."""
+    source_root = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(["git", "-C", str(source_root), "rev-parse", "--show-toplevel", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != source_root:
+        return None
+    return lines[1]
