@@ -83,9 +83,8 @@ def test_to_float(text):
 @given(st.one_of(numberish, numberish.map(lambda t: f"'{t}'"), st.sampled_from(
     ["np.float64(0.85)", "tensor(1.2, device='cuda:0')", "True", "'None'", "[1, 2]", "'", '"', "''"])))
 def test_hugging_face_values(raw):
-    # _record reads a value inline; _number is the reference.
-    record = hf_console._record([("loss", raw)], None)
-    assert same(record.values.get("loss"), hf_console._number(raw)), raw
+    # _value reads a plain number first; _number is the reference.
+    assert same(hf_console._value(raw), hf_console._number(raw)), raw
 
 
 @PROPERTY
@@ -142,6 +141,26 @@ def test_hugging_face_dicts(text):
         start, text = 0, "{" + text
     assert_same_outcome(hf_console._read_flat_dict, hf_console._read_dict_carefully, text, start,
                         errors=(hf_console._Unreadable,))
+
+
+@PROPERTY
+@given(st.one_of(dict_text.map(lambda t: "{" + t), built_dict(), st.sampled_from(REAL)))
+def test_hugging_face_dicts_read_as_json(text):
+    # The common dict goes through the JSON decoder; the general reader gives the same record.
+    start = hf_console._dict_start(text)
+    if start < 0:
+        start, text = 0, "{" + text
+    fast = hf_console._read_as_json(text, start)
+    if fast is None:
+        return
+    items, end = hf_console._read_dict_carefully(text, start)
+    general = [(key, hf_console._value(raw)) for key, raw in items]
+    assert end == fast[1], text
+    assert comparable_record(hf_console._record(fast[0], None)) == comparable_record(hf_console._record(general, None))
+
+
+def comparable_record(record) -> tuple:
+    return (record.kind, record.step, [(k, "nan" if v != v else v) for k, v in record.values.items()])
 
 
 # ------------------------------------------------------------------ events and progress

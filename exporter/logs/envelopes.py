@@ -81,6 +81,7 @@ _LOGGING_LEVEL_FIRST = re.compile(
 )
 _LEVEL_HEADS = frozenset(("DEBU", "INFO", "WARN", "ERRO", "CRIT", "FATA", "NOTS"))
 _DIGITS = frozenset("0123456789")
+_LOGGING_STARTS = _DIGITS | frozenset("[DIWECFN")
 
 
 def strip_logging_prefix(text: str) -> str:
@@ -89,15 +90,16 @@ def strip_logging_prefix(text: str) -> str:
     A look at a character or two says whether a prefix may start here, so that the lines of a
     log without one (nearly all of a trainer's output) never meet the patterns."""
     first = text[:1]
+    if first not in _LOGGING_STARTS:
+        return text
     if first in _DIGITS:
         pattern = _LOGGING_DATED if text[4:5] == "-" or text[2:3] == "/" else None
     elif first == "[":
-        second = text[1:2]
-        pattern = _LOGGING_BRACKETED if second.isupper() or second in _DIGITS else None
-    elif first in "DIWECFN":
-        pattern = _LOGGING_LEVEL_FIRST if text[:4] in _LEVEL_HEADS or text[1:5].isdigit() else None
+        # "[INFO|trainer.py:", "[2026-12-01 10:00:00,123] [", "[2026-12-01 10:00:00,123]["
+        head = text[1:32]
+        pattern = _LOGGING_BRACKETED if "|" in head[:9] or "] [" in head or "][" in head else None
     else:
-        return text
+        pattern = _LOGGING_LEVEL_FIRST if text[:4] in _LEVEL_HEADS or text[1:5].isdigit() else None
     if pattern is not None:
         match = pattern.match(text)
         if match is not None:
@@ -105,10 +107,16 @@ def strip_logging_prefix(text: str) -> str:
     return text
 
 
+# A line that starts with none of these, and holds no carriage return, is its own payload.
+_WRAPPED_STARTS = _LOGGING_STARTS | _LAUNCHER_STARTS
+
+
 class Envelopes:
     """Unwraps one file's lines; holds what a runtime split (``P`` records) until it is whole.
 
-    After ``unwrap(line)`` returns a payload, ``rank``, ``time`` and ``stream`` describe it.
+    ``stretches(lines)`` gives the payloads of a chunk of lines, grouped into stretches that
+    share what the wrapping said (rank, time). After ``unwrap(line)`` returns a line's payloads,
+    ``rank``, ``time`` and ``stream`` describe them.
     """
 
     def __init__(self, max_line_chars: int = 1 << 20) -> None:
@@ -118,6 +126,31 @@ class Envelopes:
         self.time: float | None = None
         self.stream: str | None = None
         self.too_long = 0  # joined lines over the limit, dropped whole
+
+    def stretches(self, lines: list[str]) -> list[tuple[str | None, float | None, list[str]]]:
+        """(rank, time, payloads) for consecutive lines that share rank and time, in order."""
+        out: list[tuple[str | None, float | None, list[str]]] = []
+        payloads: list[str] = []
+        rank = time = None
+        for line in lines:
+            first = line[:1]
+            if (first not in _WRAPPED_STARTS or first == "{" and not line.startswith(_DOCKER_START)) \
+                    and "\r" not in line:
+                # Nothing wrapped around it: the common line, its own payload.
+                if rank is not None or time is not None:
+                    out.append((rank, time, payloads))
+                    payloads, rank, time = [], None, None
+                payloads.append(line)
+                continue
+            unwrapped = self.unwrap(line)
+            if self.rank != rank or self.time != time:
+                if payloads:
+                    out.append((rank, time, payloads))
+                payloads, rank, time = [], self.rank, self.time
+            payloads += unwrapped
+        if payloads:
+            out.append((rank, time, payloads))
+        return out
 
     def unwrap(self, line: str) -> list[str]:
         """The payloads of one line, cut at carriage returns: [] while a split line is held."""
@@ -134,19 +167,18 @@ class Envelopes:
                 line = self._cri(match, line[match.end():])
                 if line is None:
                     return []
-        # A launcher's prefix closes its bracket, or its task number, within a few characters.
-        if line[:1] in _LAUNCHER_STARTS and (line.find("]", 1, 48) > 0 or line.find(": ", 1, 8) > 0):
-            line = self._launcher(line)
+        if line[:1] in _LAUNCHER_STARTS:
+            # A launcher's prefix ends within a few characters: "]:", "]<stdout>:" or a task's ": ".
+            head = line[1:48]
+            if "]:" in head or "]<std" in head or ": " in head[:7]:
+                line = self._launcher(line)
         if self.rank is not None or self.stream is not None:
             line = line.strip()  # what the wrapping left around the trainer's own line
         if "\r" not in line:
-            return [strip_logging_prefix(line)] if line else []
-        pieces = []
-        for piece in line.split("\r"):
-            piece = piece.strip()
-            if piece:
-                pieces.append(strip_logging_prefix(piece))
-        return pieces
+            if line[:1] in _LOGGING_STARTS:
+                return [strip_logging_prefix(line)]
+            return [line] if line else []
+        return [strip_logging_prefix(piece) for piece in map(str.strip, line.split("\r")) if piece]
 
     # -- container runtimes ------------------------------------------------------------
 

@@ -162,15 +162,12 @@ class LineReader(Reader):
         self._restart()
 
     def _handle(self, lines: list[str]) -> None:
-        stats, unwrap, parse = self.stats, self.envelopes.unwrap, self.dialects.parse
-        envelopes = self.envelopes
+        stats, parse = self.stats, self.dialects.parse
         scans_events = self.scans_events and may_report_events("\n".join(lines))
         # Records go to the sink in batches, one per stretch of one rank's lines, in the order read.
-        pending: list[Record] = []
-        rank: str | None = None
-        for line in lines:
-            payloads = unwrap(line)
+        for rank, when, payloads in self.envelopes.stretches(lines):
             stats.lines += len(payloads)  # a line is what a dialect reads: one redraw of a bar
+            pending: list[Record] = []
             for payload in payloads:
                 event = scan_events(payload) if scans_events else None
                 try:
@@ -187,18 +184,18 @@ class LineReader(Reader):
                     stats.ignored += 1
                     stats.ignored_examples.append(payload[:200])
                     continue
-                if envelopes.time is not None:
-                    for record in records:
-                        if record.wall_time is None:
-                            record.wall_time = envelopes.time
-                if envelopes.rank != rank:
-                    self.apply(pending, rank)
-                    pending, rank = [], envelopes.rank
                 pending += records
                 if len(pending) >= APPLY_BATCH:
-                    self.apply(pending, rank)
+                    self._apply_stretch(pending, rank, when)
                     pending = []
-        self.apply(pending, rank)
+            self._apply_stretch(pending, rank, when)
+
+    def _apply_stretch(self, records: list[Record], rank: str | None, when: float | None) -> None:
+        if when is not None:  # the time a container runtime stamped on the line
+            for record in records:
+                if record.wall_time is None:
+                    record.wall_time = when
+        self.apply(records, rank)
 
 
 class TensorBoardReader(Reader):

@@ -11,6 +11,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..logs.formats.base import Event, Kind, Record
 from .vocabulary import Vocabulary, normalise
@@ -77,16 +78,24 @@ class Snapshot:
 
 class _Plan:
     """What the state does with the values of a record whose keys it has met before: the name
-    of each key, in order, and where the loss and the monitored value are. A log repeats a few
-    key sets for its whole length, so a record's keys are looked up once, not once each."""
+    of each key, in order, and which keys hold the loss and the monitored value. A log repeats a
+    few key sets for its whole length, so a record's keys are looked up once, not once each.
 
-    __slots__ = ("names", "loss", "monitor", "kept")
+    The plan also holds the values of the latest record of its key set (``last``, the record's
+    own mapping, and ``seq``, when it came): the latest value of each name is worked out when a
+    snapshot is taken, not at every record.
+    """
 
-    def __init__(self, names: tuple[str, ...], monitor: str) -> None:
+    __slots__ = ("names", "loss", "monitor", "dropped", "last", "seq")
+
+    def __init__(self, keys: tuple[str, ...], names: tuple[str, ...], monitor: str, dropped: int) -> None:
         self.names = names
-        self.loss = "loss" in names
-        self.monitor = monitor in names
-        self.kept = False  # every name has its place among the latest values (none over the cap)
+        by_name = dict(zip(names, keys))  # the last key of each name wins, as in a dict update
+        self.loss = by_name.get("loss")
+        self.monitor = by_name.get(monitor)
+        self.dropped = dropped  # names over the cap: each record of these keys drops them again
+        self.last: Mapping[str, float] | None = None
+        self.seq = 0
 
 
 class SourceState:
@@ -96,10 +105,15 @@ class SourceState:
         self.settings = settings
         self.vocabulary = vocabulary
         self._lock = threading.Lock()
-        # The latest value of every name: the dedicated ones, and up to max_keys others.
+        # The latest values: each plan holds its key set's latest record; _latest holds the values
+        # set one by one (the summary's, and those of key sets not kept as plans). Every value is
+        # numbered (_seq) so that a snapshot can tell which is the latest of a name.
         self._latest: dict[str, float] = {}
-        self._others = 0  # names in _latest that are not dedicated
-        self._plans: dict[Kind, dict[tuple[str, ...], _Plan]] = {kind: {} for kind in Kind}
+        self._latest_seq: dict[str, int] = {}
+        self._seq = 0
+        self._kept: set[str] = set()  # the names kept beside the dedicated ones, max_keys at most
+        # One per kind, by the kind's value: an Enum member hashes in Python, its value in C.
+        self._plans: dict[str, dict[tuple[str, ...], _Plan]] = {kind.value: {} for kind in Kind}
         self._step: int | None = None
         self._highest_step: int | None = None
         self._seen_explicit_step = False
@@ -161,12 +175,13 @@ class SourceState:
 
         if record.event is not None:
             if not replay:
-                self._events[record.event.value] += 1
+                # An Enum member's _value_ is a plain attribute; .value goes through a descriptor.
+                self._events[record.event._value_] += 1
             return
         self._last_record_time = when
         kind, values = record.kind, record.values
         if not replay and (values or kind is _SUMMARY):
-            self._records[kind.value] += 1
+            self._records[kind._value_] += 1
         if record.meta:
             seen = self._meta_seen
             for key, value in record.meta.items():
@@ -178,8 +193,9 @@ class SourceState:
 
         if kind is _SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss.
+            self._seq += 1
             for key, value in values.items():
-                self._set_latest("summary_" + normalise(key), value)
+                self._set_latest(normalise("summary_" + key), value)
             return
         if step is not None:
             self._seen_explicit_step = True
@@ -190,44 +206,56 @@ class SourceState:
         if values:
             self._apply_values(kind, values, step, replay)
 
-    def _apply_values(self, kind: Kind, values: dict[str, float], step: int | None, replay: bool) -> None:
-        plans = self._plans[kind]
+    def _apply_values(self, kind: Kind, values: Mapping[str, float], step: int | None, replay: bool) -> None:
+        plans = self._plans[kind._value_]
         keys = tuple(values)
         plan = plans.get(keys)
-        latest = self._latest
+        self._seq += 1
         if plan is None:
-            name = self.vocabulary.name
-            plan = _Plan(tuple(name(key, kind) for key in keys), self.settings.monitor)
+            plan = self._plan(keys, kind)
             # A log that invents key sets, or keys of any length, is read all the same, by the
             # long way: only a few plans of ordinary keys are kept.
             if len(plans) < MAX_PLANS and sum(map(len, keys)) <= MAX_PLAN_KEY_CHARS:
                 plans[keys] = plan
-        names = plan.names
+            else:
+                latest, seqs, kept = self._latest, self._latest_seq, self._kept
+                for name, number in zip(plan.names, values.values()):
+                    if name in _DEDICATED_SET or name in kept:
+                        latest[name], seqs[name] = number, self._seq
+        plan.last, plan.seq = values, self._seq
+        if plan.dropped:
+            self._dropped_keys_total += plan.dropped
         numbers = values.values()
-        if plan.kept:
-            latest.update(zip(names, numbers))
-        else:
-            for name, number in zip(names, numbers):
-                self._set_latest(name, number)
-            plan.kept = latest.keys() >= set(names)  # none was dropped: names are never let go
         total = sum(numbers)
         if total - total and not replay:  # some value is NaN or infinite (x - x is 0.0 for finite x)
-            for name, number in zip(names, numbers):
+            for name, number in zip(plan.names, numbers):
                 if number - number:
                     self._count_nonfinite(name, step)
         if self._keep_history:
             counts, room = self._key_counts, self.settings.max_keys + len(DEDICATED)
-            for name in names:
+            for name in plan.names:
                 if name in counts or len(counts) < room:
                     counts[name] = counts.get(name, 0) + 1
         if replay:
             return
-        if plan.loss and kind is _TRAIN and "loss" in latest:
-            self._judge_spike(latest["loss"])
-        if plan.monitor and kind is _EVAL:
-            value = latest.get(self.settings.monitor)
-            if value is not None:
-                self._judge_evaluation(value, step if step is not None else self._step)
+        if plan.loss is not None and kind is _TRAIN:
+            self._judge_spike(values[plan.loss])
+        if plan.monitor is not None and kind is _EVAL:
+            self._judge_evaluation(values[plan.monitor], step if step is not None else self._step)
+
+    def _plan(self, keys: tuple[str, ...], kind: Kind) -> _Plan:
+        """The plan of a new key set; its names beyond the cap are left out of the latest values."""
+        name = self.vocabulary.name
+        names = tuple(name(key, kind) for key in keys)
+        dropped, kept = 0, self._kept
+        for one in names:
+            if one not in _DEDICATED_SET and one not in kept:
+                if len(kept) < self.settings.max_keys:
+                    kept.add(one)
+                else:
+                    dropped += 1
+        monitor = self.settings.monitor
+        return _Plan(keys, names, monitor if monitor in _DEDICATED_SET or monitor in kept else "", dropped)
 
     def _advance(self, step: int, when: float) -> None:
         """The step the log is at now: progress when it moved up; a resume from an earlier
@@ -274,11 +302,11 @@ class SourceState:
         return False
 
     def _set_latest(self, name: str, value: float) -> None:
-        if name in _DEDICATED_SET or name in self._latest:
+        if name in _DEDICATED_SET or name in self._kept or self._admit(self._kept, name):
+            if name not in _DEDICATED_SET:
+                self._kept.add(name)
             self._latest[name] = value
-        elif self._admit(self._latest, name, self._others):
-            self._latest[name] = value
-            self._others += 1
+            self._latest_seq[name] = self._seq
 
     def _set_meta(self, key: str, value: float | str) -> bool:
         """Keep a run fact; False when it is not kept (not a number or a short text, or over
@@ -343,9 +371,23 @@ class SourceState:
         t0, s0 = recent[0]
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
+    def _latest_values(self) -> dict[str, float]:
+        """The latest value of every name kept: of the values set one by one and the plans'
+        latest records, the one numbered last."""
+        latest, seqs, kept = dict(self._latest), dict(self._latest_seq), self._kept
+        for plans in self._plans.values():
+            for plan in plans.values():
+                if plan.last is None:
+                    continue
+                seq = plan.seq
+                for name, value in zip(plan.names, plan.last.values()):
+                    if seqs.get(name, -1) < seq and (name in _DEDICATED_SET or name in kept):
+                        latest[name], seqs[name] = value, seq
+        return latest
+
     def snapshot(self) -> Snapshot:
         with self._lock:
-            latest = self._latest
+            latest = self._latest_values()
             return Snapshot(
                 values={name: value for name, value in latest.items() if name in _DEDICATED_SET},
                 extra={name: value for name, value in latest.items() if name not in _DEDICATED_SET},

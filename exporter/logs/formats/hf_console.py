@@ -54,13 +54,17 @@ class HuggingFaceConsole:
             if not _BAR_TAIL.search(prefix):
                 return []  # the dict is quoted inside some other message
             progress = parse_progress_bar(prefix)
-        try:
-            items, end = _read_flat_dict(line, start)
-        except _Unreadable:
-            if _mentions_marker(line, start):
-                raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
-            return []
-        for key, _ in items:
+        read = _read_as_json(line, start)
+        if read is None:
+            try:
+                items, end = _read_flat_dict(line, start)
+            except _Unreadable:
+                if _mentions_marker(line, start):
+                    raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
+                return []
+            read = [(key, _value(raw)) for key, raw in items], end
+        pairs, end = read
+        for key, _ in pairs:
             if key in _MARKER_KEYS or key.startswith(_MARKER_PREFIXES):
                 break
         else:
@@ -69,7 +73,7 @@ class HuggingFaceConsole:
         after = parse_progress_bar(line[end:])
         if after is not None:
             progress = after
-        return [_record(items, progress)]
+        return [_record(pairs, progress)]
 
 
 _json_decode = json.JSONDecoder().raw_decode
@@ -99,14 +103,32 @@ def _dict_start(line: str) -> int:
     return -1
 
 
-def _record(items: list[tuple[str, object]], progress: tuple[int, int] | None) -> Record:
+def _read_as_json(line: str, start: int) -> tuple[list[tuple[str, float]], int] | None:
+    """The common dict, read by the JSON decoder (in C): every value a number or a quoted number,
+    no double quote or backslash anywhere, so that each single quote delimits a string and
+    swapping quotes makes it JSON. The (key, value) pairs and the dict's end; None for any other
+    dict, which the general reader takes."""
+    if '"' in line or "\\" in line:
+        return None
+    try:
+        obj, end = _json_decode(line.replace("'", '"'), start)
+        return [(key, float(raw)) for key, raw in obj.items()], end
+    except (ValueError, TypeError, OverflowError, RecursionError, AttributeError):
+        return None  # bare nan, True, None, a list, a tensor(...): the general reader's
+
+
+def _value(raw: str) -> float | None:
+    """A raw value as a float, or None when it is not a number: ``_number``, its common case first."""
+    try:
+        return float(raw[1:-1] if raw[:1] in ("'", '"') else raw)
+    except ValueError:
+        return _number(raw)
+
+
+def _record(pairs: list[tuple[str, float | None]], progress: tuple[int, int] | None) -> Record:
     values: dict[str, float] = {}
     step: int | None = None
-    for key, raw in items:
-        try:  # _number's common case, inline: this runs for every value of every line
-            value = float(raw[1:-1] if raw[:1] in ("'", '"') else raw)
-        except ValueError:
-            value = _number(raw)
+    for key, value in pairs:
         if value is None:
             continue  # strings, None, lists: not metrics
         if key == "step" and value.is_integer():
@@ -149,33 +171,27 @@ _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 # One item of a dict as the Trainer prints it: a quoted key without escapes, then a quoted value
 # without escapes, or a bare value without quotes or brackets. Each part can begin in one way
 # only, so matching is linear, whatever a hostile line holds.
-_ITEM = (r"""[ \t]*('[^'\\]*'|"[^"\\]*")[ \t]*:[ \t]*"""
-         r"""('[^'\\]*'[ \t]*|"[^"\\]*"[ \t]*|[^'"()\[\]{},\s][^'"()\[\]{},]*)""")
-_ITEMS = re.compile("(" + _ITEM + "[,}])")  # (the item with its "," or "}", key, value)
-_EMPTY_DICT = re.compile(r"[ \t]*}")
+_KEY = r"'[^'\\]*'" "|" r'"[^"\\]*"'
+_VALUE = r"""'[^'\\]*'[ \t]*|"[^"\\]*"[ \t]*|[^'"()\[\]{},\s][^'"()\[\]{},]*"""
+_ITEM = rf"[ \t]*({_KEY})[ \t]*:[ \t]*({_VALUE})"
+_ITEM_UNGROUPED = rf"[ \t]*(?:{_KEY})[ \t]*:[ \t]*(?:{_VALUE})"
+# A whole dict of such items, and each item in it.
+_SIMPLE_DICT = re.compile(rf"\{{(?:{_ITEM_UNGROUPED},)*{_ITEM_UNGROUPED}}}|\{{[ \t]*}}")
+_ITEMS = re.compile(_ITEM)
 
 
 def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
     """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
 
-    A dict of simple items is read by one regular expression, its items one after the other up
-    to the one ending with "}"; anything else (nested values, escapes, something unreadable) by
-    ``_read_dict_carefully``, which gives the same answer for simple dicts at several times the
-    cost.
+    A dict of simple items is read by two regular expressions (the whole dict, then its items);
+    anything else (nested values, escapes, something unreadable) by ``_read_dict_carefully``,
+    which gives the same answer for simple dicts at several times the cost.
     """
-    empty = _EMPTY_DICT.match(text, start + 1)
-    if empty:
-        return [], empty.end()
-    pos = start + 1
-    items = []
-    for whole, key, raw in _ITEMS.findall(text, pos):
-        if not text.startswith(whole, pos):  # not the next item: something else comes first
-            break
-        items.append((key[1:-1], raw.strip()))
-        pos += len(whole)
-        if whole[-1] == "}":
-            return items, pos
-    return _read_dict_carefully(text, start)
+    whole = _SIMPLE_DICT.match(text, start)
+    if whole is None:
+        return _read_dict_carefully(text, start)
+    end = whole.end()
+    return [(key[1:-1], raw.strip()) for key, raw in _ITEMS.findall(text, start + 1, end)], end
 
 
 def _read_dict_carefully(text: str, start: int) -> tuple[list[tuple[str, object]], int]:

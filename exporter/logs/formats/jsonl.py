@@ -89,16 +89,18 @@ def flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in obj.items():
         name = f"{prefix}{key}" if prefix else key
-        if type(value) is float:  # the common case, without the general coercion's cost
+        kind = type(value)
+        if kind is float:  # the common cases, without the general coercion's cost
             out[name] = value
-            continue
-        if isinstance(value, dict):
+        elif kind is int and -_INT64 < value < _INT64:
+            out[name] = float(value)
+        elif kind is dict:
             if depth < 2:
                 out.update(flatten(value, name + "/", depth + 1))
-            continue
-        num = number(value)
-        if num is not None:
-            out[name] = num
+        else:
+            num = number(value)
+            if num is not None:
+                out[name] = num
     return out
 
 
@@ -134,10 +136,10 @@ class JsonLines:
         step = None
         # Flat ("trainer/global_step": 5) or nested ({"trainer": {"global_step": 5}}); the set
         # test first, in C, so that the usual line with one step key costs one round below.
-        present = _STEP_KEY_SET.intersection(obj) | _STEP_KEY_SET.intersection(values)
-        for key in STEP_KEYS if present else ():
-            if key not in present:
-                continue
+        present = _STEP_KEY_SET.intersection(obj)
+        if dict in map(type, obj.values()):
+            present |= _STEP_KEY_SET.intersection(values)
+        for key in present if len(present) < 2 else [key for key in STEP_KEYS if key in present]:
             raw = obj.get(key)
             if raw is None:
                 raw = values.get(key)

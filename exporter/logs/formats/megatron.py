@@ -25,14 +25,10 @@ from .base import Kind, ParseError, Record, to_float
 from .events import MAX_LINE
 
 # Bounded quantifiers keep the search linear however long the line.
-_ITERATION = re.compile(r"\biteration\s{1,20}(\d{1,15})\s{0,20}/\s{0,20}(\d{1,15})\s{0,20}\|")
+_ITERATION = re.compile(r"iteration\s{1,20}(\d{1,15})\s{0,20}/\s{0,20}(\d{1,15})\s{0,20}\|")
 # Printed at the start of the line (print_rank_last).
 _VALIDATION = re.compile(r"\s*validation loss at ")
 _AT_ITERATION = re.compile(r"iteration (\d{1,15})\b")
-# One "name: value" field, at the text's start or after a bar. Names never hold a colon; values
-# may ("ETA Time: 1:02:03"), so a field splits at its first colon. Anchored at a field's start,
-# the search is linear in the text.
-_FIELD = re.compile(r"(?:^|\|)([^|:]*):([^|]*)")
 # "496.3 (avg 496.1)": newer releases follow some rates with their running average.
 _LEADING_NUMBER = re.compile(r"(\S{1,64}) \([^()]{0,200}\)$")
 
@@ -82,26 +78,33 @@ class Megatron:
 
 
 def _iteration(line: str) -> re.Match[str] | None:
-    """The iteration counter of a training line. The substring test comes first: searching a
-    line for the pattern costs ten times as much."""
-    return _ITERATION.search(line) if "iteration" in line and len(line) <= MAX_LINE else None
+    """The iteration counter of a training line: where the word is found (in C), and is a word
+    of its own, the pattern is tried there; searching the line with it costs twice as much."""
+    start = line.find("iteration")
+    while start >= 0 and len(line) <= MAX_LINE:
+        if start == 0 or not (line[start - 1].isalnum() or line[start - 1] == "_"):
+            match = _ITERATION.match(line, start)
+            if match is not None:
+                return match
+        start = line.find("iteration", start + 1)
+    return None
 
 
 def _fields(text: str) -> dict[str, float]:
     """``" lm loss: 2.3E+00 | grad norm: nan |"`` -> ``{"lm loss": 2.3, "grad norm": nan}``."""
-    pairs = _FIELD.findall(text)
-    try:  # the common line: every value a plain number, which float() reads with its spaces
-        values = {name.strip(): float(raw) for name, raw in pairs}
-    except ValueError:
-        values = {}
-        for name, raw in pairs:
-            try:
-                values[name.strip()] = float(raw)
-            except ValueError:
-                value = _number(raw.strip())
-                if value is not None:
-                    values[name.strip()] = value
-    values.pop("", None)  # a field with no name before its colon
+    values: dict[str, float] = {}
+    for field in text.split("|"):
+        # Names never hold a colon; values may ("ETA Time: 1:02:03"), so split at the first.
+        name, colon, raw = field.partition(":")
+        name = name.strip()
+        if not colon or not name:
+            continue
+        try:
+            values[name] = float(raw)  # the common case; float() ignores the spaces
+        except ValueError:
+            value = _number(raw.strip())
+            if value is not None:
+                values[name] = value
     return values
 
 
