@@ -18,7 +18,7 @@ def build_report(reading: LogReading) -> dict:
     settings = reading.states.settings
     files = reading.follower.files()
     sources = []
-    for source, rank, state in reading.states.items():
+    for source, _labels, rank, state in reading.states.items():
         snap = state.snapshot()
         keys = []
         for name, count in sorted(snap.key_counts.items()):

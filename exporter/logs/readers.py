@@ -43,9 +43,18 @@ class LogSpec:
     patterns: tuple[tuple[str, str], ...] = ()  # (regex, kind) for format "regex"
 
 
+Labels = tuple[tuple[str, str], ...]
+
+
 class RecordSink(Protocol):
-    """Where a reader's records go: whatever keeps the training state (the readers know nothing
+    """Where the readers' records go: whatever keeps the training state (the readers know nothing
     of it). ``rank`` is the rank a launcher's prefix named, or None."""
+
+    def add_source(self, source: str, labels: Labels = ()) -> None:
+        """A source is being followed; ``labels`` say more of where it comes from (a pod)."""
+
+    def remove_source(self, source: str) -> None:
+        """A source is no longer followed: its state goes."""
 
     def apply(self, source: str, rank: str | None, records: list[Record], observed_at: float) -> None: ...
 
@@ -74,6 +83,7 @@ class Reader:
     def __init__(self, path: str, source: str, sink: RecordSink) -> None:
         self.path = path
         self.source = source
+        self.labels: Labels = ()
         self.sink = sink
         self.stats = ReaderStats()
         self.follower = FileFollower(path)

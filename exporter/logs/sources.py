@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .detect import is_known_file
-from .readers import DocumentReader, LogSpec, Reader, RecordSink, make_reader
+from .readers import DocumentReader, Labels, LogSpec, Reader, RecordSink, make_reader
 from .watch import Changes, Waker
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class FileStatus:
 
     path: str
     source: str
+    labels: Labels
     format: str
     exists: bool
     lines: int
@@ -184,7 +185,7 @@ class LogFollower:
 
     def files(self) -> list[FileStatus]:
         """Every followed file, as it stands now."""
-        return [FileStatus(path=r.path, source=r.source, format=r.format_name, exists=r.exists,
+        return [FileStatus(path=r.path, source=r.source, labels=r.labels, format=r.format_name, exists=r.exists,
                            lines=r.stats.lines, parse_errors=r.stats.parse_errors, ignored=r.stats.ignored,
                            too_long=r.stats.too_long, bytes=r.stats.bytes, resets=dict(r.stats.resets),
                            last_update=r.stats.last_update, ignored_examples=tuple(r.stats.ignored_examples),

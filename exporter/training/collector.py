@@ -73,9 +73,9 @@ class TrainingCollector(Collector):
         dropped = Family("training_dropped_keys",
                          "Keys dropped because the source reached its limit of distinct keys.", COUNTER)
 
-        for source, rank, state in self.states.items():
+        for source, labels, rank, state in self.states.items():
             snap = state.snapshot()
-            src = (("source", source),) if rank is None else (("source", source), ("rank", rank))
+            src = (("source", source), *labels) if rank is None else (("source", source), *labels, ("rank", rank))
             for name in DEDICATED:
                 if name in snap.values:
                     dedicated[name].add(src, snap.values[name])
@@ -135,7 +135,7 @@ class TrainingCollector(Collector):
 
         totals: dict[str, dict] = {}
         for file in self.files():
-            entry = totals.setdefault(file.source, {"lines": 0, "errors": 0, "too_long": 0, "bytes": 0,
+            entry = totals.setdefault(file.source, {"lines": 0, "errors": 0, "too_long": 0, "bytes": 0, "labels": file.labels,
                                                     "resets": {}, "updated": None, "up": 1, "formats": set()})
             entry["lines"] += file.lines
             entry["errors"] += file.parse_errors
@@ -149,7 +149,7 @@ class TrainingCollector(Collector):
                 entry["up"] = 0
             entry["formats"].add(file.format)
         for source, entry in sorted(totals.items()):
-            src = (("source", source),)
+            src = (("source", source), *entry["labels"])
             lines.add(src, entry["lines"])
             errors.add(src, entry["errors"])
             too_long.add(src, entry["too_long"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import NamedTuple
 
 from ..logs.formats.base import Record
 from .signals import SignalSettings, SourceState
@@ -18,6 +19,18 @@ from .vocabulary import Vocabulary
 log = logging.getLogger(__name__)
 
 MAX_RANKS = 1024  # ranks kept apart per source: more than one file of a job ever interleaves
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Entry(NamedTuple):
+    """One state as the collector reads it: its source, the source's labels and the rank."""
+
+    source: str
+    labels: Labels
+    rank: str | None
+    state: SourceState
 
 
 class TrainingStates:
@@ -31,12 +44,20 @@ class TrainingStates:
         # taking a lock: (source, rank) -> state.
         self._states: dict[tuple[str, str | None], SourceState] = {}
         self._ranks: dict[str, int] = {}  # source -> ranks kept apart
+        self._labels: dict[str, Labels] = {}  # source -> the labels it was added with
         self._lock = threading.Lock()
 
     # -- the sink --------------------------------------------------------------------------
 
-    def add_source(self, source: str) -> None:
+    def add_source(self, source: str, labels: Labels = ()) -> None:
+        self._labels[source] = labels
         self._state(source, None)
+
+    def remove_source(self, source: str) -> None:
+        with self._lock:
+            self._states = {key: state for key, state in self._states.items() if key[0] != source}
+            self._ranks.pop(source, None)
+            self._labels.pop(source, None)
 
     def apply(self, source: str, rank: str | None, records: list[Record], observed_at: float) -> None:
         self._state(source, rank).apply_all(records, observed_at)
@@ -48,9 +69,10 @@ class TrainingStates:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def items(self) -> list[tuple[str, str | None, SourceState]]:
-        """Every (source, rank, state), sorted by source, the source's own state first."""
-        return [(source, rank, state) for (source, rank), state
+    def items(self) -> list[Entry]:
+        """Every state, sorted by source, the source's own state first, then its ranks."""
+        labels = self._labels
+        return [Entry(source, labels.get(source, ()), rank, state) for (source, rank), state
                 in sorted(self._states.items(), key=lambda item: (item[0][0], item[0][1] is not None, item[0][1] or ""))]
 
     def __iter__(self):
