@@ -42,6 +42,8 @@ _LAUNCHER = re.compile(
     r"|(\d{1,6}): "  # srun --label (right-aligned by srun; lines arrive stripped)
 )
 _LAUNCHER_STARTS = frozenset("[0123456789")
+# torchrun's prefix where a rank's line was glued on after another's unfinished one.
+_GLUED = re.compile(r"\[[A-Za-z_][\w\-]{0,30}?(\d{1,6})\]:")
 
 # -- Python logging -------------------------------------------------------------------------
 
@@ -134,27 +136,40 @@ class Envelopes:
         rank = time = None
         for line in lines:
             first = line[:1]
-            if (first not in _WRAPPED_STARTS or first == "{" and not line.startswith(_DOCKER_START)) \
-                    and "\r" not in line:
+            wrapped = line.startswith(_DOCKER_START) if first == "{" else first in _WRAPPED_STARTS
+            if not wrapped and "\r" not in line:
                 # Nothing wrapped around it: the common line, its own payload.
                 if rank is not None or time is not None:
                     out.append((rank, time, payloads))
                     payloads, rank, time = [], None, None
                 payloads.append(line)
                 continue
-            unwrapped = self.unwrap(line)
-            if self.rank != rank or self.time != time:
-                if payloads:
-                    out.append((rank, time, payloads))
-                payloads, rank, time = [], self.rank, self.time
-            payloads += unwrapped
+            for segment_rank, text in self._segments(line):
+                if segment_rank != rank or self.time != time:
+                    if payloads:
+                        out.append((rank, time, payloads))
+                    payloads, rank, time = [], segment_rank, self.time
+                payloads += _pieces(text)
         if payloads:
             out.append((rank, time, payloads))
         return out
 
+    def flush(self) -> list[tuple[str | None, float | None, list[str]]]:
+        """What a runtime left split when its file ended (a last line without a newline): whole."""
+        held, self._partial = self._partial, {}
+        return [(None, None, _pieces("".join(split.pieces))) for split in held.values() if not split.dropped]
+
     def unwrap(self, line: str) -> list[str]:
-        """The payloads of one line, cut at carriage returns: [] while a split line is held."""
-        self.rank = self.time = self.stream = None
+        """The payloads of one line, cut at carriage returns: [] while a split line is held.
+        ``rank`` is then the rank of its first stretch."""
+        segments = self._segments(line)
+        self.rank = segments[0][0] if segments else None
+        return [payload for _, text in segments for payload in _pieces(text)]
+
+    def _segments(self, line: str) -> list[tuple[str | None, str]]:
+        """(rank, text) of what a line holds once its container record and launcher prefixes are
+        off: one segment, or more where a launcher glued one rank's output onto another's."""
+        self.time = self.stream = None
         first = line[:1]
         if first == "{":
             if line.startswith(_DOCKER_START):
@@ -167,18 +182,13 @@ class Envelopes:
                 line = self._cri(match, line[match.end():])
                 if line is None:
                     return []
+                line = line.strip()
         if line[:1] in _LAUNCHER_STARTS:
             # A launcher's prefix ends within a few characters: "]:", "]<stdout>:" or a task's ": ".
             head = line[1:48]
             if "]:" in head or "]<std" in head or ": " in head[:7]:
-                line = self._launcher(line)
-        if self.rank is not None or self.stream is not None:
-            line = line.strip()  # what the wrapping left around the trainer's own line
-        if "\r" not in line:
-            if line[:1] in _LOGGING_STARTS:
-                return [strip_logging_prefix(line)]
-            return [line] if line else []
-        return [strip_logging_prefix(piece) for piece in map(str.strip, line.split("\r")) if piece]
+                return _launcher_segments(line)
+        return [(None, line)]
 
     # -- container runtimes ------------------------------------------------------------
 
@@ -229,17 +239,39 @@ class Envelopes:
             self.too_long += 1
         return None if split.dropped else "".join(split.pieces)
 
-    # -- launchers ---------------------------------------------------------------------
+def _launcher_segments(line: str) -> list[tuple[str | None, str]]:
+    """A line's launcher prefixes taken off: srun's task around torchrun's process make the rank
+    ``"0:3"``. torchrun tails each rank's stdout and stderr apart, so a progress bar without a
+    newline gets the next line glued on, prefix and all (``[default0]: 33%|...]``
+    ``[default0]:{'loss': ...}``): the line is cut again at each such prefix."""
+    rank: str | None = None
+    for _ in range(2):
+        match = _LAUNCHER.match(line)
+        if match is None:
+            break
+        found = match.group(1) or match.group(2) or match.group(3)
+        rank = found if rank is None else f"{rank}:{found}"
+        line = line[match.end():]
+    if rank is None or "]:" not in line:
+        return [(rank, line.strip())]
+    outer = rank.rpartition(":")[0]  # srun's task, when torchrun's prefix is inside it
+    segments, start, segment_rank = [], 0, rank
+    for glued in _GLUED.finditer(line):
+        segments.append((segment_rank, line[start:glued.start()].strip()))
+        segment_rank = f"{outer}:{glued.group(1)}" if outer else glued.group(1)
+        start = glued.end()
+    segments.append((segment_rank, line[start:].strip()))
+    return segments
 
-    def _launcher(self, line: str) -> str:
-        for _ in range(2):  # srun's task around torchrun's process, at most
-            match = _LAUNCHER.match(line)
-            if match is None:
-                break
-            rank = match.group(1) or match.group(2) or match.group(3)
-            self.rank = rank if self.rank is None else f"{self.rank}:{rank}"
-            line = line[match.end():]
-        return line
+
+def _pieces(text: str) -> list[str]:
+    """A payload cut at carriage returns (each tqdm redraw a line of its own), each piece's
+    logging prefix taken off."""
+    if "\r" not in text:
+        if text[:1] in _LOGGING_STARTS:
+            return [strip_logging_prefix(text)]
+        return [text] if text else []
+    return [strip_logging_prefix(piece) for piece in map(str.strip, text.split("\r")) if piece]
 
 
 class _Split:

@@ -166,16 +166,20 @@ class LineReader(Reader):
 
     def on_end_of_file(self) -> None:
         self._handle(self.splitter.flush())
+        self._handle_stretches(self.envelopes.flush(), self.scans_events)
         self._restart()
 
     def on_reset(self) -> None:
         self._restart()
 
     def _handle(self, lines: list[str]) -> None:
-        stats, parse = self.stats, self.dialects.parse
         scans_events = self.scans_events and may_report_events("\n".join(lines))
+        self._handle_stretches(self.envelopes.stretches(lines), scans_events)
+
+    def _handle_stretches(self, stretches, scans_events: bool) -> None:
+        stats, parse = self.stats, self.dialects.parse
         # Records go to the sink in batches, one per stretch of one rank's lines, in the order read.
-        for rank, when, payloads in self.envelopes.stretches(lines):
+        for rank, when, payloads in stretches:
             stats.lines += len(payloads)  # a line is what a dialect reads: one redraw of a bar
             pending: list[Record] = []
             for payload in payloads:
