@@ -41,6 +41,7 @@ class LogReading:
             max_line_bytes=config.follow.max_line_bytes,
             poll_interval=config.follow.poll_interval_seconds,
             rescan_interval=config.follow.rescan_interval_seconds,
+            retire_after=config.follow.retire_after_seconds,
         )
 
     def read_to_end(self) -> None:

@@ -51,9 +51,12 @@ class WebConfig:
 
 @dataclass
 class FollowConfig:
-    poll_interval_seconds: float = 0.1  # used only where inotify is unavailable
+    # A log is read at most this often: the writes in between are read together (with inotify),
+    # or the logs are polled this often (without it). The longest a written line waits.
+    poll_interval_seconds: float = 0.1
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20
+    retire_after_seconds: float = 300.0  # a file gone this long is let go, its series with it
 
 
 @dataclass
@@ -267,6 +270,7 @@ RANGES = {
     "follow.poll_interval_seconds": (0.01, 60),
     "follow.rescan_interval_seconds": (0.1, 3600),
     "follow.max_line_bytes": (1024, 1 << 30),
+    "follow.retire_after_seconds": (1, 30 * 86400),
     "gpu.poll_interval_seconds": (0.01, 3600),
 }
 ABOVE_LOWEST = ("signals.spike_factor",)

@@ -3,7 +3,9 @@
 A poll returns what happened since the last poll, in order: data, the end of a file that was
 rotated away, and resets (the file was truncated or rewritten from the top). It survives a file
 that does not exist yet, rotation by rename, copy-truncate, truncation in place, a file
-rewritten whole, deletion, and a symlink switched to a new target.
+rewritten whole (in place, or written beside it and renamed over it), deletion (the file is let
+go once its last bytes are read), a symlink switched to a new target, and a path that is not a
+regular file (a FIFO or a device is never opened for reading in a way that could block).
 
 Copy-truncate (logrotate's ``copytruncate``) copies the log, then truncates it. What was written
 after our last read but before the copy is only in the copy, so when the file turns out to have
@@ -14,7 +16,10 @@ between the copy and the truncation are lost; they are in neither file.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -41,8 +46,12 @@ class Reset:
 
 
 class FileFollower:
-    def __init__(self, path: str, max_bytes_per_poll: int = 64 << 20) -> None:
+    """Follows one path. ``error`` says why it cannot be read now (None when it can, or when it
+    does not exist yet); ``gone_since`` when a file read before disappeared (monotonic time)."""
+
+    def __init__(self, path: str, max_bytes_per_poll: int = 4 << 20) -> None:
         self.path = path
+        # A file with a backlog is read in parts, so that the other files get their turn.
         self.max_bytes_per_poll = max_bytes_per_poll
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
@@ -53,6 +62,13 @@ class FileFollower:
         self.mtime: float | None = None  # the file's mtime when data was last read
         self.exists = False
         self.at_end = False  # the last poll read everything there was
+        self.error: str | None = None
+        self.gone_since: float | None = None
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """The (device, inode) of the file being read, once it was opened."""
+        return self._identity
 
     def close(self) -> None:
         if self._fd is not None:
@@ -64,35 +80,43 @@ class FileFollower:
         the memory of one chunk at a time, however large it is."""
         try:
             path_stat = os.stat(self.path)
-        except OSError:
+        except OSError as error:
             path_stat = None
+            self.error = _reason(error) if error.errno not in (errno.ENOENT, errno.ENOTDIR) else None
         self.exists = path_stat is not None
-
-        if self._fd is not None and path_stat is not None and \
-                (path_stat.st_dev, path_stat.st_ino) != self._identity:
-            # Renamed away (rotation) or a symlink now points elsewhere: finish the old file
-            # first, since the writer may have appended to it after our last look.
-            yield from self._read_available(limit=None)
-            yield EndOfFile()
+        if path_stat is None:
+            if self._fd is not None:
+                # Deleted: what the writer wrote last is read, then the file is let go (its disk
+                # space is freed only once nobody holds it open).
+                yield from self._read_available(limit=None)
+                yield EndOfFile()
+                self.close()
+            if self._identity is not None and self.gone_since is None:
+                self.gone_since = time.monotonic()
+            self.at_end = True
+            return
+        self.gone_since = None
+        if not stat.S_ISREG(path_stat.st_mode):
             self.close()
+            self.error, self.at_end = "not_regular_file", True  # a FIFO or a device: never read
+            return
+        if self._fd is not None and (path_stat.st_dev, path_stat.st_ino) != self._identity:
+            yield from self._replaced()
         if self._fd is None:
-            if path_stat is None:
-                self.at_end = True  # nothing to read yet; the file will be waited for
-                return
             self._open()
             if self._fd is None:
                 self.at_end = True
                 return
 
-        stat = os.fstat(self._fd)
-        signature = (stat.st_size, stat.st_mtime_ns)
+        stat_now = os.fstat(self._fd)
+        signature = (stat_now.st_size, stat_now.st_mtime_ns)
         if signature != self._last_stat:
             self._last_stat = signature
-            if stat.st_size < self._offset:
+            if stat_now.st_size < self._offset:
                 yield from self._finish_from_copy()
                 yield Reset("truncated")
                 self._restart()
-            elif self._fingerprint and not self._head_matches():
+            elif self._fingerprint and not self._head_matches(self._fd):
                 # Also copy-truncate, when the writer refilled the file past our offset before
                 # this poll; or a file rewritten whole, whose old content has no copy.
                 yield from self._finish_from_copy()
@@ -100,14 +124,47 @@ class FileFollower:
                 self._restart()
         yield from self._read_available(limit=self.max_bytes_per_poll)
 
-    def _open(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
+    def _replaced(self) -> Iterator[Data | EndOfFile | Reset]:
+        """Another file now has the path. Written whole beside it and renamed over it (how many
+        programs save a file), it begins with what was read: reading goes on in it, at the same
+        offset when nothing before it changed, from the top as a rewrite otherwise. Else the old
+        file was rotated away (or a symlink switched): it is read to its end first, since the
+        writer may have appended to it after our last look."""
+        new = self._open_regular()
+        if new is not None and self._fingerprint and self._head_matches(new[0]):
+            self.close()
+            self._fd, self._identity, self._last_stat = new[0], new[1], None
+            if not self._continues(self._fd):
+                yield Reset("rewritten")
+                self._restart()
             return
-        stat = os.fstat(fd)
-        self._fd = fd
-        self._identity = (stat.st_dev, stat.st_ino)
+        if new is not None:
+            os.close(new[0])
+        yield from self._read_available(limit=None)
+        yield EndOfFile()
+        self.close()
+
+    def _open_regular(self) -> tuple[int, tuple[int, int]] | None:
+        """A descriptor of the path's file and its identity, or None (with ``error`` set). Opened
+        without blocking, so that a FIFO cannot hold the follower; only a regular file is kept."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as error:
+            self.error = _reason(error) if error.errno != errno.ENOENT else None
+            return None
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            os.close(fd)
+            self.error = "not_regular_file"
+            return None
+        self.error = None
+        return fd, (opened.st_dev, opened.st_ino)
+
+    def _open(self) -> None:
+        opened = self._open_regular()
+        if opened is None:
+            return
+        self._fd, self._identity = opened
         self._last_stat = None
         self._restart()
 
@@ -115,6 +172,12 @@ class FileFollower:
         self._offset = 0
         self._fingerprint = b""
         self._last_read = b""
+
+    def _continues(self, fd: int) -> bool:
+        """Whether the file behind ``fd`` holds what was read, up to the offset, as it was."""
+        before = self._offset - len(self._last_read)
+        return os.fstat(fd).st_size >= self._offset and self._head_matches(fd) \
+            and os.pread(fd, len(self._last_read), before) == self._last_read
 
     def _finish_from_copy(self) -> Iterator[Data]:
         """Read what was written after our offset from the copy that copy-truncate made."""
@@ -130,14 +193,11 @@ class FileFollower:
         siblings.sort(key=_mtime_ns, reverse=True)  # the newest copy first
         for entry in siblings:
             try:
-                fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             except OSError:
                 continue
             try:
-                before = self._offset - len(self._last_read)
-                if os.fstat(fd).st_size < self._offset \
-                        or os.pread(fd, len(self._fingerprint), 0) != self._fingerprint \
-                        or os.pread(fd, len(self._last_read), before) != self._last_read:
+                if not stat.S_ISREG(os.fstat(fd).st_mode) or not self._continues(fd):
                     continue
                 own_fd, self._fd = self._fd, fd
                 try:
@@ -148,9 +208,8 @@ class FileFollower:
             finally:
                 os.close(fd)
 
-    def _head_matches(self) -> bool:
-        head = os.pread(self._fd, len(self._fingerprint), 0)
-        return head == self._fingerprint
+    def _head_matches(self, fd: int) -> bool:
+        return os.pread(fd, len(self._fingerprint), 0) == self._fingerprint
 
     def _read_available(self, limit: int | None) -> Iterator[Data]:
         read = 0
@@ -168,6 +227,13 @@ class FileFollower:
             self.mtime = os.fstat(self._fd).st_mtime
             yield Data(chunk)
         self.at_end = False  # more is waiting: the next poll continues
+
+
+def _reason(error: OSError) -> str:
+    """Why a file cannot be read, as a label value: few values, whatever the error."""
+    return {errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.ELOOP: "symlink_loop",
+            errno.ENAMETOOLONG: "name_too_long", errno.EMFILE: "too_many_open_files",
+            errno.ENFILE: "too_many_open_files"}.get(error.errno, "unreadable")
 
 
 def _mtime_ns(entry: os.DirEntry) -> int:

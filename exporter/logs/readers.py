@@ -9,7 +9,10 @@ hparams.yaml). A text log's line goes through the layers one way: bytes into lin
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +29,11 @@ from .formats.tfevents import TfEventsDecoder
 from .formats.trainer_state import parse_trainer_state
 from .lines import LineSplitter
 
-MAX_DOCUMENT_BYTES = 64 << 20
+log = logging.getLogger(__name__)
+
+# The largest documents read, by format: a trainer_state.json holds a run's whole log history
+# (16 MiB is some 80,000 entries); an hparams.yaml a few kilobytes.
+MAX_DOCUMENT_BYTES = {"trainer_state": 16 << 20, "hparams": 256 << 10}
 EXAMPLES_KEPT = 5
 # Records applied under one acquisition of the state's lock: few enough that a scrape waiting
 # for the lock waits milliseconds, many enough that the lock costs nothing per record.
@@ -71,6 +78,8 @@ class ReaderStats:
     bytes: int = 0
     resets: dict[str, int] = field(default_factory=lambda: {"rotated": 0, "truncated": 0, "rewritten": 0})
     last_update: float | None = None
+    # Times the file became unreadable, by why: a FIFO, a permission, a document too large.
+    errors: dict[str, int] = field(default_factory=dict)
     error_examples: deque = field(default_factory=lambda: deque(maxlen=EXAMPLES_KEPT))
     ignored_examples: deque = field(default_factory=lambda: deque(maxlen=EXAMPLES_KEPT))
 
@@ -91,6 +100,20 @@ class Reader:
         # follower is at the end of the file as soon as it has read a backlog, long before the
         # backlog is parsed, and /-/ready must not call a half-rebuilt state ready.
         self.caught_up = False
+        self.error: str | None = None  # why the file cannot be read now, if it cannot
+
+    def set_error(self, reason: str | None, detail: str = "") -> None:
+        """Note whether the file can be read; each time it becomes unreadable is counted and
+        said once in the exporter's log."""
+        if reason == self.error:
+            return
+        if reason is not None:
+            self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
+            log.warning("cannot read %r (source %r): %s%s", self.path, self.source, reason.replace("_", " "),
+                        f": {detail}" if detail else "")
+        elif self.error is not None:
+            log.info("reading %r again", self.path)
+        self.error = reason
 
     @property
     def exists(self) -> bool:
@@ -111,6 +134,7 @@ class Reader:
                 self.on_reset()
         if self.follower.mtime is not None:
             self.stats.last_update = self.follower.mtime
+        self.set_error(self.follower.error)
         self.caught_up = self.follower.at_end
 
     def observed_at(self) -> float:
@@ -257,27 +281,36 @@ class DocumentReader(Reader):
 
     def _read(self) -> None:
         try:
-            stat = os.stat(self.path)
-        except OSError:
+            found = os.stat(self.path)
+        except OSError as error:
             self.follower.exists = False
+            self.set_error(None if error.errno == errno.ENOENT else "unreadable", str(error))
             return
         self.follower.exists = True
-        signature = (stat.st_size, stat.st_mtime_ns)
+        if not stat.S_ISREG(found.st_mode):
+            self.set_error("not_regular_file")  # a FIFO would block the read below for good
+            return
+        signature = (found.st_size, found.st_mtime_ns)
         if signature == self._signature:
             return
         self._signature = signature
-        if stat.st_size > MAX_DOCUMENT_BYTES:
-            self._error(f"file of {stat.st_size} bytes is over the {MAX_DOCUMENT_BYTES} byte limit")
+        limit = MAX_DOCUMENT_BYTES[self.format_name]
+        if found.st_size > limit:
+            # Parsing costs several times the file's size in memory, and the time of every other
+            # log's reading: a document far beyond what a run writes is refused.
+            self.set_error("too_large", f"{found.st_size} bytes, over the limit of {limit}")
             return
         try:
             with open(self.path, "rb") as handle:
-                data = handle.read(MAX_DOCUMENT_BYTES)
+                data = handle.read(limit + 1)
         except OSError as error:
-            self._error(str(error))
+            self.set_error("permission_denied" if error.errno in (errno.EACCES, errno.EPERM) else "unreadable",
+                           str(error))
             return
+        self.set_error(None)
         self.stats.bytes += len(data)
-        self.stats.last_update = stat.st_mtime
-        self.follower.mtime = stat.st_mtime
+        self.stats.last_update = found.st_mtime
+        self.follower.mtime = found.st_mtime
         try:
             if self.format_name == "hparams":
                 self.stats.lines += 1

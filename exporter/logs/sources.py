@@ -5,18 +5,24 @@ A *source* is what the ``source`` label names: one training log as a user thinks
 rank's console log, a Lightning run directory). A source may be fed by several files (a
 run directory's metrics.csv and hparams.yaml; a TensorBoard run's event files). The follower
 hands each source's records to a sink and knows nothing of what becomes of them.
+
+One file is one source, whatever paths lead to it: files are known by device and inode, so a
+``latest -> run-2`` link or a loop of links adds no second reader. Source names are unique and
+stable: a file's name, or its run directory's, made longer by its parent directories when that
+name is taken (``rank0/train.log``, ``node2/rank0/train.log``); once given, a name stays.
+A file that disappears is read to its end and let go; if it stays away for ``retire_after``
+seconds, its reader goes, and its source with it when no other file feeds it.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from .detect import is_known_file
+from .discovery import expand, has_magic
 from .readers import DocumentReader, Labels, LogSpec, Reader, RecordSink, make_reader
 from .watch import Changes, Waker
 
@@ -24,27 +30,7 @@ log = logging.getLogger(__name__)
 
 # Files whose names say nothing about the run: their source is named after their directory.
 GENERIC_NAMES = ("metrics.csv", "trainer_state.json", "hparams.yaml")
-MAX_DIRECTORY_DEPTH = 4
-
-
-def _has_magic(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
-
-
-def expand(spec: LogSpec) -> list[str]:
-    """The files a spec names now. A plain path is returned even before it exists."""
-    if _has_magic(spec.path):
-        return sorted(p for p in glob.glob(spec.path, recursive=True) if os.path.isfile(p))
-    if os.path.isdir(spec.path):
-        found = []
-        root_depth = spec.path.rstrip(os.sep).count(os.sep)
-        for directory, subdirs, files in os.walk(spec.path):
-            if directory.count(os.sep) - root_depth >= MAX_DIRECTORY_DEPTH:
-                subdirs[:] = []
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            found.extend(os.path.join(directory, f) for f in sorted(files) if is_known_file(f))
-        return found
-    return [spec.path]
+MAX_SOURCE_NAME = 200
 
 
 def source_name(path: str, spec: LogSpec) -> str:
@@ -54,10 +40,24 @@ def source_name(path: str, spec: LogSpec) -> str:
         return spec.source
     name = os.path.basename(path)
     if name in GENERIC_NAMES or name.startswith("events.out.tfevents."):
-        if os.path.isdir(spec.path) and not _has_magic(spec.path):
+        if os.path.isdir(spec.path) and not has_magic(spec.path):
             return os.path.basename(os.path.normpath(spec.path)) or name
         return os.path.basename(os.path.dirname(os.path.abspath(path))) or name
     return name
+
+
+def safe_label(text: str) -> str:
+    """A name fit for a label value, whatever bytes a file name held: valid UTF-8 (a byte that
+    is not becomes U+FFFD; the exposition escapes the rest), bounded in length."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_SOURCE_NAME]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class FileStatus:
     bytes: int
     resets: dict[str, int]
     last_update: float | None
+    error: str | None  # why it cannot be read now
+    errors: dict[str, int]  # times it became unreadable, by why
     ignored_examples: tuple[str, ...] = ()
     error_examples: tuple[tuple[str, str], ...] = ()
 
@@ -90,16 +92,18 @@ class LogFollower:
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
-                 poll_interval: float = 0.1, rescan_interval: float = 2.0) -> None:
+                 poll_interval: float = 0.1, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
         self.specs = specs
         self.sink = sink
         self.max_line_bytes = max_line_bytes
         self.poll_interval = poll_interval
         self.rescan_interval = rescan_interval
+        self.retire_after = retire_after
         # Replaced whole, never mutated, so the scrape thread can read it without a lock.
         self.readers: dict[str, Reader] = {}
         self._by_watched_path: dict[str, Reader] = {}  # where inotify names a reader's file
-        self._claimed_names: dict[str, str] = {}  # source name -> the path that named it first
+        self._names: dict[str, str] = {}  # path -> the source name it was given
+        self._claims: dict[str, str] = {}  # source name -> the file or run directory it names
         self._waker = Waker()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,30 +114,27 @@ class LogFollower:
 
     def discover(self) -> None:
         readers = dict(self.readers)
+        followed = {reader.follower.identity: reader for reader in readers.values()
+                    if reader.follower.identity is not None}
+        found: set[str] = set()
         for spec in self.specs:
-            paths = expand(spec)
-            trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
-            if len(trainer_states) > 1:
-                # Every checkpoint-N/ holds the whole history so far: follow only the newest.
-                newest = max(trainer_states, key=_mtime)
-                paths = [p for p in paths if p not in trainer_states or p == newest]
+            paths = self._paths(spec)
+            found.update(paths)
             for path in paths:
                 if path in readers:
                     continue
-                source = self._unique_source(source_name(path, spec), path, spec)
+                identity = _identity(path)
+                if identity is not None and identity in followed:
+                    continue  # the same file by another path (a link): followed once
+                source = self._name(path, spec)
                 self.sink.add_source(source)
-                if os.path.basename(path) == "trainer_state.json":
-                    previous = next((r for r in readers.values() if r.source == source
-                                     and isinstance(r, DocumentReader) and r.format_name == "trainer_state"), None)
-                    if previous is not None:
-                        # A newer checkpoint's copy continues the same history.
-                        readers.pop(previous.path).close()
-                        readers[path] = DocumentReader(path, source, self.sink, "trainer_state",
-                                                       already_applied=previous.applied)
-                        continue
-                readers[path] = make_reader(path, source, self.sink, spec, self.max_line_bytes)
+                reader = self._reader(path, source, spec, readers)
+                readers[path] = reader
+                if identity is not None:
+                    followed[identity] = reader
                 log.info("following %r as source %r", path, source)
             self._watch(spec, paths)
+        self._retire(readers, found)
         self.readers = readers
         self._by_watched_path = {}
         for path, reader in readers.items():
@@ -142,14 +143,64 @@ class LogFollower:
         self._scanned_once = True
         self._last_scan = time.monotonic()
 
-    def _unique_source(self, name: str, path: str, spec: LogSpec) -> str:
-        if spec.source or os.path.basename(path) != name:
-            return name  # configured, or a run directory's name that its files share on purpose
-        owner = self._claimed_names.setdefault(name, path)
-        if owner == path:
-            return name
-        parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        return f"{parent}/{name}"
+    def _paths(self, spec: LogSpec) -> list[str]:
+        """The files a spec names now; of several checkpoints' trainer_state.json the newest,
+        and of several paths to one file the one without a link in it."""
+        paths = expand(spec.path)
+        trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
+        if len(trainer_states) > 1:
+            # Every checkpoint-N/ holds the whole history so far: follow only the newest.
+            newest = max(trainer_states, key=_mtime)
+            paths = [p for p in paths if p not in trainer_states or p == newest]
+        return sorted(paths, key=lambda p: os.path.realpath(p) != os.path.abspath(p))
+
+    def _reader(self, path: str, source: str, spec: LogSpec, readers: dict[str, Reader]) -> Reader:
+        if os.path.basename(path) == "trainer_state.json":
+            previous = next((r for r in readers.values() if r.source == source
+                             and isinstance(r, DocumentReader) and r.format_name == "trainer_state"), None)
+            if previous is not None:
+                # A newer checkpoint's copy continues the same history.
+                readers.pop(previous.path).close()
+                return DocumentReader(path, source, self.sink, "trainer_state", already_applied=previous.applied)
+        return make_reader(path, source, self.sink, spec, self.max_line_bytes)
+
+    def _name(self, path: str, spec: LogSpec) -> str:
+        """The source a file feeds: its name, unique and stable (see the module's docstring)."""
+        known = self._names.get(path)
+        if known is not None:
+            return known
+        name = safe_label(source_name(path, spec))
+        if not spec.source:
+            # A run directory's files share its name on purpose (the directory claims it); any
+            # other file has its own.
+            if os.path.basename(path) == source_name(path, spec):
+                claimant = os.path.abspath(path)
+            elif os.path.isdir(spec.path) and not has_magic(spec.path):
+                claimant = os.path.abspath(spec.path)
+            else:
+                claimant = os.path.dirname(os.path.abspath(path))
+            parents = os.path.dirname(claimant).split(os.sep)
+            while self._claims.setdefault(name, claimant) != claimant:
+                if not parents or not parents[-1]:
+                    name = f"{name}#{len(self._claims)}"  # nothing left to tell them apart by
+                    continue
+                name = safe_label(f"{parents.pop()}/{name}")
+        self._names[path] = name
+        return name
+
+    def _retire(self, readers: dict[str, Reader], found: set[str]) -> None:
+        """Let go of the files that went away more than ``retire_after`` seconds ago, and of the
+        sources no file feeds any more."""
+        now = time.monotonic()
+        for path, reader in list(readers.items()):
+            gone = reader.follower.gone_since
+            if path in found or gone is None or now - gone < self.retire_after:
+                continue
+            reader.close()
+            del readers[path]
+            log.info("no longer following %r: it went away", path)
+            if not any(other.source == reader.source for other in readers.values()):
+                self.sink.remove_source(reader.source)
 
     def _watch(self, spec: LogSpec, paths: list[str]) -> None:
         # A log's own directory and, for a symlink, its target's: the writes happen there.
@@ -188,7 +239,8 @@ class LogFollower:
         return [FileStatus(path=r.path, source=r.source, labels=r.labels, format=r.format_name, exists=r.exists,
                            lines=r.stats.lines, parse_errors=r.stats.parse_errors, ignored=r.stats.ignored,
                            too_long=r.stats.too_long, bytes=r.stats.bytes, resets=dict(r.stats.resets),
-                           last_update=r.stats.last_update, ignored_examples=tuple(r.stats.ignored_examples),
+                           last_update=r.stats.last_update, error=r.error, errors=dict(r.stats.errors),
+                           ignored_examples=tuple(r.stats.ignored_examples),
                            error_examples=tuple(r.stats.error_examples))
                 for r in list(self.readers.values())]
 

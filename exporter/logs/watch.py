@@ -85,8 +85,12 @@ class Waker:
 
     def wait(self, timeout: float) -> Changes:
         changes = Changes()
-        watched = [fd for fd in (self._fd, self._interrupt_read) if fd is not None and fd >= 0]
-        ready, _, _ = select.select(watched, [], [], timeout)  # with nothing to watch, a sleep
+        # poll(), not select(): with the open-files limit raised, a descriptor may be past 1024.
+        poller = select.poll()
+        for fd in (self._fd, self._interrupt_read):
+            if fd is not None and fd >= 0:
+                poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)}  # nothing to watch: a sleep
         if self._interrupt_read in ready:
             _drain(self._interrupt_read)
         if self._fd is not None and self._fd in ready:

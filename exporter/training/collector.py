@@ -130,13 +130,16 @@ class TrainingCollector(Collector):
                         "Times a file was rotated, truncated or rewritten and reading began again.", COUNTER)
         updated = Family("training_log_last_update_timestamp_seconds",
                          "Modification time of the source's files when new data was last read.", GAUGE)
-        up = Family("training_log_up", "1 when every file of the source exists and is being followed.", GAUGE)
+        up = Family("training_log_up", "1 when every file of the source exists and can be read.", GAUGE)
+        read_errors = Family("training_log_read_errors",
+                             "Times a file of the source became unreadable, by why (reason).", COUNTER)
         fmt = Family("training_log_format", "The format each of the source's files is read as.", INFO)
 
         totals: dict[str, dict] = {}
         for file in self.files():
             entry = totals.setdefault(file.source, {"lines": 0, "errors": 0, "too_long": 0, "bytes": 0, "labels": file.labels,
-                                                    "resets": {}, "updated": None, "up": 1, "formats": set()})
+                                                    "resets": {}, "updated": None, "up": 1, "formats": set(),
+                                                    "read_errors": {}})
             entry["lines"] += file.lines
             entry["errors"] += file.parse_errors
             entry["too_long"] += file.too_long
@@ -145,8 +148,10 @@ class TrainingCollector(Collector):
                 entry["resets"][reason] = entry["resets"].get(reason, 0) + count
             if file.last_update is not None:
                 entry["updated"] = max(entry["updated"] or 0.0, file.last_update)
-            if not file.exists:
+            if not file.exists or file.error is not None:
                 entry["up"] = 0
+            for reason, count in file.errors.items():
+                entry["read_errors"][reason] = entry["read_errors"].get(reason, 0) + count
             entry["formats"].add(file.format)
         for source, entry in sorted(totals.items()):
             src = (("source", source), *entry["labels"])
@@ -159,5 +164,7 @@ class TrainingCollector(Collector):
             if entry["updated"] is not None:
                 updated.add(src, entry["updated"])
             up.add(src, entry["up"])
+            for reason, count in sorted(entry["read_errors"].items()):
+                read_errors.add((*src, ("reason", reason)), count)
             fmt.add((*src, ("format", ",".join(sorted(entry["formats"])))), 1)
-        yield from (lines, errors, too_long, read_bytes, resets, updated, up, fmt)
+        yield from (lines, errors, too_long, read_bytes, resets, updated, up, read_errors, fmt)
