@@ -28,16 +28,20 @@ def has_magic(path: str) -> bool:
     return _MAGIC.search(path) is not None
 
 
-def expand(path: str) -> list[str]:
-    """The files ``path`` names now, sorted. A plain path is returned even before it exists."""
+def expand(path: str) -> tuple[list[str], list[str]]:
+    """The files ``path`` names now, sorted, and the directories searched for them. A plain path
+    is returned even before it exists, with its directory."""
+    directories: list[str] = []
     if has_magic(path):
         base, pattern = _split_glob(path)
         matches = _glob_regex(pattern).fullmatch
         depth = MAX_DEPTH if "**" in pattern else pattern.count("/")
-        return sorted(found for found in _walk(base, depth) if matches(os.path.relpath(found, base)))
-    if os.path.isdir(path):
-        return sorted(found for found in _walk(path, DIRECTORY_DEPTH) if is_known_file(found))
-    return [path]
+        files = [found for found in _walk(base, depth, directories) if matches(os.path.relpath(found, base))]
+    elif os.path.isdir(path):
+        files = [found for found in _walk(path, DIRECTORY_DEPTH, directories) if is_known_file(found)]
+    else:
+        return [path], [os.path.dirname(os.path.abspath(path))]
+    return sorted(files), directories
 
 
 def _split_glob(path: str) -> tuple[str, str]:
@@ -89,9 +93,10 @@ def _component(part: str) -> str:
     return "".join(out)
 
 
-def _walk(root: str, max_depth: int) -> Iterator[str]:
+def _walk(root: str, max_depth: int, directories: list[str]) -> Iterator[str]:
     """Every file under ``root`` (links followed, each directory once), ``max_depth`` levels down
-    at most, within ``MAX_ENTRIES`` entries."""
+    at most, within ``MAX_ENTRIES`` entries. The directories searched are added to
+    ``directories``."""
     seen: set[tuple[int, int]] = set()
     stack = [(root, 0)]
     entries = 0
@@ -106,6 +111,7 @@ def _walk(root: str, max_depth: int) -> Iterator[str]:
         if (identity.st_dev, identity.st_ino) in seen:
             continue  # a link back to a directory already searched
         seen.add((identity.st_dev, identity.st_ino))
+        directories.append(directory)
         for entry in listing:
             entries += 1
             if entries > MAX_ENTRIES:

@@ -66,6 +66,10 @@ class FileFollower:
         self.gone_since: float | None = None
 
     @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    @property
     def identity(self) -> tuple[int, int] | None:
         """The (device, inode) of the file being read, once it was opened."""
         return self._identity

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # Files whose names say nothing about the run: their source is named after their directory.
 GENERIC_NAMES = ("metrics.csv", "trainer_state.json", "hparams.yaml")
 MAX_SOURCE_NAME = 200
+# With inotify, a directory's news comes as events: a search follows at most this often, and
+# every file is looked at now and then anyway, in case a change went unseen (a network filesystem).
+MIN_DISCOVERY_GAP = 1.0
+SWEEP_INTERVAL = 30.0
 
 
 def source_name(path: str, spec: LogSpec) -> str:
@@ -50,6 +54,11 @@ def safe_label(text: str) -> str:
     """A name fit for a label value, whatever bytes a file name held: valid UTF-8 (a byte that
     is not becomes U+FFFD; the exposition escapes the rest), bounded in length."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_SOURCE_NAME]
+
+
+def _linked(path: str) -> bool:
+    """Whether a link lies on the path: of several paths to one file, one without is followed."""
+    return os.path.realpath(path) != os.path.abspath(path)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -112,17 +121,18 @@ class LogFollower:
 
     # -- discovery -------------------------------------------------------------------------
 
-    def discover(self) -> None:
+    def discover(self) -> set[Reader]:
+        """Search the configured paths again; the readers of the files found new."""
         readers = dict(self.readers)
         followed = {reader.follower.identity: reader for reader in readers.values()
                     if reader.follower.identity is not None}
         found: set[str] = set()
+        new: set[Reader] = set()
+        newly_watched: set[str] = set()
         for spec in self.specs:
-            paths = self._paths(spec)
+            paths, directories = self._paths(spec)
             found.update(paths)
-            for path in paths:
-                if path in readers:
-                    continue
+            for path in sorted((path for path in paths if path not in readers), key=_linked):
                 identity = _identity(path)
                 if identity is not None and identity in followed:
                     continue  # the same file by another path (a link): followed once
@@ -130,29 +140,34 @@ class LogFollower:
                 self.sink.add_source(source)
                 reader = self._reader(path, source, spec, readers)
                 readers[path] = reader
+                new.add(reader)
                 if identity is not None:
                     followed[identity] = reader
                 log.info("following %r as source %r", path, source)
-            self._watch(spec, paths)
+            newly_watched.update(self._watch(spec, paths, directories))
+        if newly_watched:
+            # Watched from now on: what happened in these directories before is read now.
+            new.update(reader for reader in readers.values()
+                       if os.path.dirname(os.path.abspath(reader.path)) in newly_watched
+                       or os.path.dirname(reader.real_path) in newly_watched)
         self._retire(readers, found)
         self.readers = readers
-        self._by_watched_path = {}
-        for path, reader in readers.items():
-            self._by_watched_path[os.path.abspath(path)] = reader
-            self._by_watched_path[os.path.realpath(path)] = reader
+        self._by_watched_path = {path: reader for reader in readers.values()
+                                 for path in (os.path.abspath(reader.path), reader.real_path)}
         self._scanned_once = True
         self._last_scan = time.monotonic()
+        return new
 
-    def _paths(self, spec: LogSpec) -> list[str]:
-        """The files a spec names now; of several checkpoints' trainer_state.json the newest,
-        and of several paths to one file the one without a link in it."""
-        paths = expand(spec.path)
+    def _paths(self, spec: LogSpec) -> tuple[list[str], list[str]]:
+        """The files a spec names now (of several checkpoints' trainer_state.json the newest),
+        and the directories searched for them."""
+        paths, directories = expand(spec.path)
         trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
         if len(trainer_states) > 1:
             # Every checkpoint-N/ holds the whole history so far: follow only the newest.
             newest = max(trainer_states, key=_mtime)
             paths = [p for p in paths if p not in trainer_states or p == newest]
-        return sorted(paths, key=lambda p: os.path.realpath(p) != os.path.abspath(p))
+        return paths, directories
 
     def _reader(self, path: str, source: str, spec: LogSpec, readers: dict[str, Reader]) -> Reader:
         if os.path.basename(path) == "trainer_state.json":
@@ -202,15 +217,14 @@ class LogFollower:
             if not any(other.source == reader.source for other in readers.values()):
                 self.sink.remove_source(reader.source)
 
-    def _watch(self, spec: LogSpec, paths: list[str]) -> None:
-        # A log's own directory and, for a symlink, its target's: the writes happen there.
-        directories = {os.path.dirname(os.path.abspath(p)) for p in paths}
-        directories |= {os.path.dirname(os.path.realpath(p)) for p in paths}
-        if os.path.isdir(spec.path):
-            directories.add(os.path.abspath(spec.path))
-        for directory in directories:
-            if os.path.isdir(directory):
-                self._waker.watch(directory)
+    def _watch(self, spec: LogSpec, paths: list[str], directories: list[str]) -> list[str]:
+        """Watch the directories searched (a file or directory appearing in them is news), each
+        log's own directory and, for a link, its target's (the writes happen there). The
+        directories watched anew."""
+        watched = set(directories)
+        watched.update(os.path.dirname(os.path.abspath(p)) for p in paths)
+        watched.update(os.path.dirname(os.path.realpath(p)) for p in paths if os.path.islink(p))
+        return [directory for directory in watched if self._waker.watch(directory)]
 
     # -- following -------------------------------------------------------------------------
 
@@ -259,15 +273,32 @@ class LogFollower:
 
     def _run(self) -> None:
         changed: Changes | None = None
-        last_poll = 0.0
+        last_poll = last_sweep = 0.0
+        names_changed = False
         while not self._stop.is_set():
             try:
-                if not self._scanned_once or time.monotonic() - self._last_scan >= self.rescan_interval \
-                        or (changed is not None and changed.names):
-                    self.discover()
-                    changed = None  # after a rescan every file is read
-                last_poll = time.monotonic()
-                self.poll(self._changed_readers(changed))
+                now = time.monotonic()
+                to_poll: set[Reader] = set()
+                if not self._scanned_once or now - self._last_scan >= self.rescan_interval \
+                        or (names_changed and now - self._last_scan >= MIN_DISCOVERY_GAP):
+                    to_poll |= self.discover()
+                    names_changed = False
+                    # A file not open yet (not there, or not readable) may have come in a
+                    # directory that could not be watched: looked at after every search.
+                    to_poll.update(reader for reader in self.readers.values() if not reader.follower.is_open)
+                if not self._waker.uses_inotify or now - last_sweep >= SWEEP_INTERVAL \
+                        or (changed is not None and changed.everything):
+                    # Every file, now and then: a change inotify could not tell (a network
+                    # filesystem) costs at most this long.
+                    to_poll.update(self.readers.values())
+                    last_sweep = now
+                elif changed is not None:
+                    by_path = self._by_watched_path
+                    to_poll.update(by_path[path] for path in changed.paths if path in by_path)
+                    names_changed |= changed.names
+                to_poll.update(reader for reader in self.readers.values() if not reader.caught_up)
+                last_poll = now
+                self.poll(to_poll)
             except Exception:  # noqa: BLE001 - the follower must outlive any surprise
                 log.exception("log follower error; continuing")
                 self._stop.wait(self.poll_interval)
@@ -277,12 +308,6 @@ class LogFollower:
                 changed = None
                 continue  # a backlog is waiting: keep reading
             changed = self._wait(last_poll)
-
-    def _changed_readers(self, changed: Changes | None):
-        if changed is None or changed.everything or not self._waker.uses_inotify:
-            return self.readers.values()
-        by_path = self._by_watched_path
-        return {by_path[path] for path in changed.paths if path in by_path}
 
     def _wait(self, last_poll: float) -> Changes:
         """The changes to read next: waits for one, then for the rest of the interval since the

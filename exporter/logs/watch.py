@@ -45,7 +45,6 @@ class Waker:
 
     def __init__(self) -> None:
         self._fd: int | None = None
-        self._watched: dict[str, tuple[int, int]] = {}  # directory -> its (device, inode) when watched
         self._directories: dict[int, str] = {}  # watch descriptor -> directory
         self._libc = None
         self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -63,25 +62,22 @@ class Waker:
     def uses_inotify(self) -> bool:
         return self._fd is not None
 
-    def watch(self, directory: str) -> None:
-        """Watch a directory (idempotent); one that does not exist yet is retried by the caller.
+    def watch(self, directory: str) -> bool:
+        """Watch a directory; True when the watch is new, and so changes made in the directory
+        before now went unseen. One that does not exist yet is retried by the caller.
 
         A watch dies with its directory: one removed and created again under the same name is
-        a new directory, and is watched afresh.
+        a new directory, and is watched afresh, even when it got the old one's inode (the kernel
+        gives an existing watch's descriptor back, and a new one where the old is gone).
         """
         if self._fd is None:
-            return
-        try:
-            stat = os.stat(directory)
-        except OSError:
-            return
-        identity = (stat.st_dev, stat.st_ino)
-        if self._watched.get(directory) == identity:
-            return
+            return False
         wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK)
-        if wd >= 0:
-            self._watched[directory] = identity
-            self._directories[wd] = directory
+        if wd < 0:
+            return False
+        new = self._directories.get(wd) != directory
+        self._directories[wd] = directory
+        return new
 
     def wait(self, timeout: float) -> Changes:
         changes = Changes()
@@ -116,7 +112,6 @@ class Waker:
                     continue
                 if mask & _IN_IGNORED:  # the watch is gone with its directory
                     self._directories.pop(wd, None)
-                    self._watched.pop(directory, None)
                     changes.everything = changes.names = True
                     continue
                 if mask & _NAMES_CHANGED or not name:
