@@ -21,13 +21,15 @@ FAKE_NVML_DIR = Path(__file__).resolve().parent / "fake_nvml"
 class ExporterProcess:
     """``python -m exporter ...`` as a child process, listening on a free loopback port."""
 
-    def __init__(self, args: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], env: dict | None = None, cwd: Path | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """``prefix`` runs the exporter under another command (setpriv, say)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [full_env.get("PYTHONPATH", ""), str(ROOT)]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
+            [*prefix, sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
             env=full_env, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 

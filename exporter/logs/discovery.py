@@ -36,7 +36,8 @@ def expand(path: str) -> tuple[list[str], list[str]]:
         base, pattern = _split_glob(path)
         matches = _glob_regex(pattern).fullmatch
         depth = MAX_DEPTH if "**" in pattern else pattern.count("/")
-        files = [found for found in _walk(base, depth, directories) if matches(os.path.relpath(found, base))]
+        skip = len(base.rstrip(os.sep)) + 1  # the walk's paths begin with the base and a separator
+        files = [found for found in _walk(base, depth, directories) if matches(found[skip:])]
     elif os.path.isdir(path):
         files = [found for found in _walk(path, DIRECTORY_DEPTH, directories) if is_known_file(found)]
     else:

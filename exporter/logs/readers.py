@@ -91,6 +91,7 @@ class Reader:
 
     def __init__(self, path: str, source: str, sink: RecordSink) -> None:
         self.path = path
+        self.abs_path = os.path.abspath(path)
         self.real_path = os.path.realpath(path)  # where the writes happen, for a link
         self.source = source
         self.labels: Labels = ()

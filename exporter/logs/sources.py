@@ -113,6 +113,7 @@ class LogFollower:
         self._by_watched_path: dict[str, Reader] = {}  # where inotify names a reader's file
         self._names: dict[str, str] = {}  # path -> the source name it was given
         self._claims: dict[str, str] = {}  # source name -> the file or run directory it names
+        self._log_directories: set[str] = set()  # where the followed files are written
         self._waker = Waker()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,10 +129,12 @@ class LogFollower:
                     if reader.follower.identity is not None}
         found: set[str] = set()
         new: set[Reader] = set()
-        newly_watched: set[str] = set()
+        searched: set[str] = set()
         for spec in self.specs:
             paths, directories = self._paths(spec)
             found.update(paths)
+            searched.update(directories)
+            named: list[str] = []
             for path in sorted((path for path in paths if path not in readers), key=_linked):
                 identity = _identity(path)
                 if identity is not None and identity in followed:
@@ -143,17 +146,25 @@ class LogFollower:
                 new.add(reader)
                 if identity is not None:
                     followed[identity] = reader
-                log.info("following %r as source %r", path, source)
-            newly_watched.update(self._watch(spec, paths, directories))
+                log.debug("following %r as source %r", path, source)
+                named.append(f"{path!r} as {source!r}")
+            if named:
+                more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+                log.info("%s: following %s%s", spec.path, ", ".join(named[:3]), more)
+        self._retire(readers, found)
+        if readers.keys() != self.readers.keys() or new:
+            self._by_watched_path = {path: reader for reader in readers.values()
+                                     for path in (reader.abs_path, reader.real_path)}
+        self.readers = readers
+        # Watched: the directories searched (a file or directory appearing in them is news), and
+        # each log's own directory and, for a link, its target's (the writes happen there).
+        self._log_directories.update(os.path.dirname(path) for reader in new for path in (reader.abs_path, reader.real_path))
+        newly_watched = {directory for directory in searched | self._log_directories if self._waker.watch(directory)}
         if newly_watched:
             # Watched from now on: what happened in these directories before is read now.
             new.update(reader for reader in readers.values()
-                       if os.path.dirname(os.path.abspath(reader.path)) in newly_watched
+                       if os.path.dirname(reader.abs_path) in newly_watched
                        or os.path.dirname(reader.real_path) in newly_watched)
-        self._retire(readers, found)
-        self.readers = readers
-        self._by_watched_path = {path: reader for reader in readers.values()
-                                 for path in (os.path.abspath(reader.path), reader.real_path)}
         self._scanned_once = True
         self._last_scan = time.monotonic()
         return new
@@ -216,15 +227,6 @@ class LogFollower:
             log.info("no longer following %r: it went away", path)
             if not any(other.source == reader.source for other in readers.values()):
                 self.sink.remove_source(reader.source)
-
-    def _watch(self, spec: LogSpec, paths: list[str], directories: list[str]) -> list[str]:
-        """Watch the directories searched (a file or directory appearing in them is news), each
-        log's own directory and, for a link, its target's (the writes happen there). The
-        directories watched anew."""
-        watched = set(directories)
-        watched.update(os.path.dirname(os.path.abspath(p)) for p in paths)
-        watched.update(os.path.dirname(os.path.realpath(p)) for p in paths if os.path.islink(p))
-        return [directory for directory in watched if self._waker.watch(directory)]
 
     # -- following -------------------------------------------------------------------------
 

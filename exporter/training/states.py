@@ -40,8 +40,8 @@ class TrainingStates:
         self.settings = settings
         self.vocabulary = vocabulary
         self.keep_history = keep_history
-        # Replaced whole when a state is added, never mutated, so a scrape can read it without
-        # taking a lock: (source, rank) -> state.
+        # (source, rank) -> state. Changed under the lock; read by a scrape as a copy taken in one
+        # step (list(dict.items()) holds the interpreter's lock throughout).
         self._states: dict[tuple[str, str | None], SourceState] = {}
         self._ranks: dict[str, int] = {}  # source -> ranks kept apart
         self._labels: dict[str, Labels] = {}  # source -> the labels it was added with
@@ -55,7 +55,8 @@ class TrainingStates:
 
     def remove_source(self, source: str) -> None:
         with self._lock:
-            self._states = {key: state for key, state in self._states.items() if key[0] != source}
+            for key in [key for key in self._states if key[0] == source]:
+                del self._states[key]
             self._ranks.pop(source, None)
             self._labels.pop(source, None)
 
@@ -63,7 +64,7 @@ class TrainingStates:
         self._state(source, rank).apply_all(records, observed_at)
 
     def rewritten(self, source: str) -> None:
-        for (name, _), state in self._states.items():
+        for (name, _), state in list(self._states.items()):
             if name == source:
                 state.mark_rewritten()
 
@@ -71,12 +72,12 @@ class TrainingStates:
 
     def items(self) -> list[Entry]:
         """Every state, sorted by source, the source's own state first, then its ranks."""
-        labels = self._labels
+        labels = dict(self._labels)
         return [Entry(source, labels.get(source, ()), rank, state) for (source, rank), state
-                in sorted(self._states.items(), key=lambda item: (item[0][0], item[0][1] is not None, item[0][1] or ""))]
+                in sorted(list(self._states.items()), key=lambda item: (item[0][0], item[0][1] is not None, item[0][1] or ""))]
 
     def __iter__(self):
-        return iter(dict.fromkeys(source for source, _ in self._states))
+        return iter(dict.fromkeys(source for source, _ in list(self._states)))
 
     def __getitem__(self, source: str) -> SourceState:
         return self._states[(source, None)]
@@ -98,7 +99,7 @@ class TrainingStates:
             state = self._states.get((source, rank))
             if state is None:
                 state = SourceState(self.settings, self.vocabulary, self.keep_history)
-                self._states = {**self._states, (source, rank): state}
+                self._states[(source, rank)] = state
                 if rank is not None:
                     self._ranks[source] = self._ranks.get(source, 0) + 1
             return state
