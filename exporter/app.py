@@ -140,9 +140,6 @@ def serve(config: Config, on_started=None) -> int:
     log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host, port, len(config.logs))
     if on_started is not None:
         on_started(exporter)
-    # Wait in short slices: Linux may deliver SIGTERM to any thread, and then CPython runs the
-    # handler only once the main thread wakes up; an untimed wait could sleep through it.
-    while not stopping.wait(0.1):
-        pass
+    runtime.wait_for(stopping)
     exporter.stop()
     return 0

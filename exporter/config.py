@@ -53,7 +53,7 @@ class WebConfig:
 class FollowConfig:
     # A log is read at most this often: the writes in between are read together (with inotify),
     # or the logs are polled this often (without it). The longest a written line waits.
-    poll_interval_seconds: float = 0.1
+    poll_interval_seconds: float = 0.2
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20
     retire_after_seconds: float = 300.0  # a file gone this long is let go, its series with it

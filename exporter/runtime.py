@@ -11,7 +11,9 @@ its answer to each signal, and a log record for a thread that dies.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import select
 import signal
 import sys
 import threading
@@ -70,3 +72,26 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
         return
     name = args.thread.name if args.thread is not None else "?"
     log.error("thread %s ended by an uncaught error", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def wait_for(stopping: threading.Event) -> None:
+    """Sleep in the main thread until ``stopping`` is set by a signal's handler, without waking
+    up in between. Linux may deliver a signal to any thread, and CPython runs the Python handler
+    only in the main thread, once that thread runs again: the signal's C handler writes to a
+    wake-up descriptor, on which the main thread waits."""
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    poller = select.poll()
+    poller.register(wake_read, select.POLLIN)
+    try:
+        while not stopping.is_set():
+            poller.poll()  # a signal came: its handler runs before this returns to the loop
+            try:
+                while os.read(wake_read, 512):
+                    pass
+            except BlockingIOError:
+                pass
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(wake_read)
+        os.close(wake_write)

@@ -12,7 +12,9 @@ import errno
 import gzip
 import io
 import logging
+import os
 import re
+import selectors
 import socket
 import socketserver
 import ssl
@@ -356,8 +358,42 @@ class _Server(ThreadingHTTPServer):
         self.connections.remove(connection)
         self.shutdown_request(connection.sock)
 
+    def serve_forever(self, poll_interval: float = 60.0) -> None:
+        """socketserver's loop, woken by ``shutdown`` at once rather than by its next timeout: so
+        it can sleep for a long interval, and an idle exporter does not wake up to do nothing."""
+        self._stopping = False
+        self._stopped = threading.Event()
+        wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with selectors.PollSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(wake_read, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = selector.select(poll_interval)
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._handle_request_noblock()
+                    self.service_actions()
+        finally:
+            os.close(wake_read)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        try:
+            os.write(self._wake_write, b"x")
+        except (AttributeError, OSError):  # not serving, or already woken
+            pass
+        stopped = getattr(self, "_stopped", None)
+        if stopped is not None:
+            stopped.wait()
+        if hasattr(self, "_wake_write"):
+            os.close(self._wake_write)
+            del self._wake_write
+
     def service_actions(self) -> None:
-        self.problems.flush()  # the serving loop calls this every poll interval
+        self.problems.flush()  # the serving loop calls this after each request and each interval
 
     def handle_error(self, request, client_address) -> None:
         self.problems.note("error while accepting a client", client_address[0], exc_info=True)
@@ -389,9 +425,9 @@ class MetricsServer:
         return self.httpd.server_address[1]
 
     def start(self) -> None:
-        # The poll interval bounds how long stop() waits for the serving loop to notice.
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="http", daemon=True)
+        # Woken by stop() at once, the serving loop need not look up often: once a minute, for
+        # the rate-limited log's summary lines.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -101,7 +101,7 @@ class LogFollower:
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
-                 poll_interval: float = 0.1, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
+                 poll_interval: float = 0.2, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
         self.specs = specs
         self.sink = sink
         self.max_line_bytes = max_line_bytes
@@ -312,19 +312,18 @@ class LogFollower:
             changed = self._wait(last_poll)
 
     def _wait(self, last_poll: float) -> Changes:
-        """The changes to read next: waits for one, then for the rest of the interval since the
-        last read, gathering what else changed meanwhile. Without inotify, the interval alone."""
-        until_rescan = max(0.0, self._last_scan + self.rescan_interval - time.monotonic())
-        if not self._waker.uses_inotify:
-            self._waker.wait(min(self.poll_interval, until_rescan))
-            return Changes()
-        changed = self._waker.wait(until_rescan)
+        """The changes to read next. A poll interval passes since the last read (what is written
+        meanwhile is read together, one wake-up for many writes); then what changed is taken, or,
+        when nothing did, waited for (an idle exporter sleeps until a write, which is then read at
+        once). Without inotify, the interval alone."""
         rest = last_poll + self.poll_interval - time.monotonic()
-        if rest > 0 and (changed.paths or changed.everything) and not self._stop.wait(rest):
-            more = self._waker.wait(0)
-            changed.paths |= more.paths
-            changed.everything |= more.everything
-            changed.names |= more.names
+        if rest > 0 and self._stop.wait(rest):
+            return Changes()
+        if not self._waker.uses_inotify:
+            return Changes()
+        changed = self._waker.wait(0)
+        if not (changed.paths or changed.everything or changed.names):
+            changed = self._waker.wait(max(0.0, self._last_scan + self.rescan_interval - time.monotonic()))
         return changed
 
 
