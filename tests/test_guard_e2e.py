@@ -14,6 +14,8 @@ import pytest
 import requests
 
 from conftest import ROOT, ExporterProcess, value, wait_for
+from stack import alertmanager_server, prometheus_server, webhook_receiver  # noqa: F401  fixtures
+from test_alerts_e2e import fast_rules
 from test_security import PASSWORD, PASSWORD_HASH, USER, client_cert, pki, tls_config  # noqa: F401  pki: a fixture
 
 JOB = Path(__file__).resolve().parent / "guard_job.py"
@@ -213,3 +215,44 @@ def test_a_verified_client_certificate_is_a_credential(tmp_path, pki, job):  # n
         trainer.wait_for("SIGINT", timeout=5)
     finally:
         exporter.stop()
+
+
+# -- the whole loop -------------------------------------------------------------------------
+
+
+def test_a_prometheus_rule_stops_the_run_through_alertmanager_and_the_people_are_told(
+        tmp_path, job, alertmanager_server, prometheus_server, webhook_receiver):  # noqa: F811
+    """A rule of the user's own fires in Prometheus; Alertmanager posts it, with basic auth, to the
+    exporter of its run, whose guard stops the job; TrainingGuardActed reaches the people."""
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  {USER}: {PASSWORD_HASH}\n")
+    trainer = job("--steps", "3000", "--interval", "0.05", "--growth", "1.0001")  # the loss stays near 2
+    exporter = ExporterProcess(["--log", str(trainer.log), "--process.pid-file", str(trainer.pid_file), *HW_OFF,
+                                "--web.config.file", str(web), "--guard.webhook.match", "job=llm-42"])
+    rules = tmp_path / "rules.yml"
+    rules.write_text(open(fast_rules(tmp_path)).read().replace("groups:\n", "groups:\n- name: users-own\n  rules:\n"
+                     "  - alert: TrainingLossTooHigh\n    expr: training_loss > 1\n"
+                     "    labels: {severity: critical}\n", 1))
+    try:
+        wait_for(lambda: requests.get(exporter.url + "/-/ready", auth=(USER, PASSWORD), timeout=2).status_code == 200,
+                 15, "exporter not ready")
+        stop_the_run = {"name": "stop-the-run", "webhook_configs": [{
+            "url": exporter.url + WEBHOOK, "send_resolved": False,
+            "http_config": {"basic_auth": {"username": USER, "password": PASSWORD}}}]}
+        alertmanager = alertmanager_server(webhook_receiver.url, receivers=[stop_the_run],
+                                           routes=[{"matchers": ['alertname="TrainingLossTooHigh"'],
+                                                    "receiver": "stop-the-run"}])
+        prometheus_server([f"127.0.0.1:{exporter.port}"], job="llm-42", rule_files=[rules],
+                                       alertmanager_url=alertmanager.url, basic_auth=(USER, PASSWORD))
+        trainer.wait_for("SIGINT", timeout=40)
+        told = webhook_receiver.wait_for_alert("TrainingGuardActed", timeout=30)
+        instance = f"127.0.0.1:{exporter.port}"
+        assert told.labels == {"alertname": "TrainingGuardActed", "severity": "warning", "rule": "webhook",
+                               "action": "SIGINT", "instance": instance, "job": "llm-42"}
+        assert told.annotations["description"] == (
+            f"The guard on {instance} acted on the training process for rule webhook: SIGINT (1 time(s) in the "
+            "last 1m); the exporter's log says why and which process.")
+    finally:
+        output = exporter.stop()
+    assert ("guard: rule webhook holds for the run: alert TrainingLossTooHigh firing since" in output
+            and f"acting: send SIGINT to process {trainer.proc.pid}" in output), output
