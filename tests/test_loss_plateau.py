@@ -44,12 +44,12 @@ def test_min_delta_asks_for_a_real_improvement():
 
 def test_an_epoch_of_nothing_but_nan_is_no_improvement():
     s = state()
-    train(s, [[2.0], [math.nan, math.inf], [1.9]])
+    train(s, [[2.0], [math.nan, math.inf, -math.inf], [1.9]])
     s.apply(Record(values={"loss": 1.0, "epoch": 3.0}, step=30), observed_at=1000.0)  # closes epoch 2
     snap = s.snapshot()
     assert snap.loss_epochs_total == 3
     assert snap.loss_best == 1.9 and snap.loss_epochs_since_best == 0
-    assert snap.nonfinite == {"loss": 2}
+    assert snap.nonfinite == {"loss": 3}
 
 
 def test_without_epochs_windows_of_steps_count_as_epochs():

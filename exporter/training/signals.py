@@ -449,27 +449,30 @@ class LossPlateau:
     def __init__(self, settings: SignalSettings) -> None:
         self.min_delta = settings.loss_min_delta
         self.window = settings.loss_window_steps
-        self.losses = 0  # training losses seen: the steps of a log without steps
+        self.losses = 0  # training losses seen without a step: the steps of a log without steps
         self.by_epoch = False  # the log gives epochs: they, not windows of steps, are judged
         self.period: int | None = None  # the epoch (or window of steps) being gathered
-        self.period_best: float | None = None
+        self.period_best = math.inf  # its lowest finite loss so far
         self.best: float | None = None
         self.since_best = 0
         self.judged = 0
 
     def add(self, loss: float, epoch: float | None, step: int | None) -> None:
-        self.losses += 1
         if epoch is not None and not epoch - epoch:  # finite
-            period, self.by_epoch = int(epoch), True
+            period = int(epoch)
+            self.by_epoch = True
         elif self.by_epoch:  # a line without the epoch in a log that gives it: the current one
             period = self.period
+        elif step is not None:
+            period = step // self.window
         else:
-            period = (step if step is not None else self.losses) // self.window
+            self.losses += 1
+            period = self.losses // self.window
         if period != self.period:
             if self.period is not None:
                 self._judge()
-            self.period, self.period_best = period, None
-        if not loss - loss and (self.period_best is None or loss < self.period_best):
+            self.period, self.period_best = period, math.inf
+        if -math.inf < loss < self.period_best:  # never NaN, nor an infinity
             self.period_best = loss
 
     def _judge(self) -> None:
@@ -477,7 +480,7 @@ class LossPlateau:
         of it was NaN or infinite)."""
         self.judged += 1
         best = self.period_best
-        if best is not None and (self.best is None or best < self.best - self.min_delta):
+        if best < math.inf and (self.best is None or best < self.best - self.min_delta):
             self.best, self.since_best = best, 0
         else:
             self.since_best += 1
