@@ -3,7 +3,6 @@ real training process (a child process found through its PID file, as in product
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

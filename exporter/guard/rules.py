@@ -56,7 +56,7 @@ class NonFinite:
 
     name = "nonfinite"
 
-    def __init__(self, keys: tuple[str, ...], count: int, first: Reading) -> None:
+    def __init__(self, keys: tuple[str, ...], count: int) -> None:
         self.keys, self.count = keys, count
         self.times: deque[float] = deque(maxlen=count)  # when the latest ones arrived
 
@@ -71,35 +71,33 @@ class NonFinite:
         return Finding(self.name, f"{self.count} non-finite value(s) seen, the last of {keys}", self.times[0])
 
 
-class ValidationPlateau:
-    """An evaluation arrived and the monitored value has not improved for ``patience`` of them
-    (the exporter's own plateau rule, as TrainingValidationPlateau reads it)."""
+class Plateau:
+    """A judgement arrived (an evaluation, an epoch's best training loss) and the value has not
+    improved for ``patience`` of them: the exporter's own plateau rules, as the alerts read them.
+    ``judged`` and ``since_best`` name the Reading's counts."""
 
-    name = "validation_plateau"
-
-    def __init__(self, patience: int, first: Reading) -> None:
-        self.patience = patience
+    def __init__(self, name: str, what: str, unit: str, judged: str, since_best: str, patience: int) -> None:
+        self.name, self.what, self.unit = name, what, unit
+        self.judged, self.since_best, self.patience = judged, since_best, patience
 
     def judge(self, before: Reading, now: Reading, at: float) -> Finding | None:
-        if now.evals_total > before.evals_total and now.evals_since_best >= self.patience:
-            return Finding(self.name, f"no improvement for {now.evals_since_best} evaluations "
+        since = getattr(now, self.since_best)
+        if getattr(now, self.judged) > getattr(before, self.judged) and since >= self.patience:
+            return Finding(self.name, f"{self.what} has not improved for {since} {self.unit} "
                                       f"(patience {self.patience})", at)
         return None
 
 
-class LossPlateau:
-    """An epoch was judged and the training loss has not improved for ``patience`` of them."""
+def validation_plateau(patience: int) -> Plateau:
+    """TrainingValidationPlateau's rule: ``signals.patience`` evaluations without improvement."""
+    return Plateau("validation_plateau", "the monitored validation value", "evaluations", "evals_total",
+                   "evals_since_best", patience)
 
-    name = "loss_plateau"
 
-    def __init__(self, patience: int, first: Reading) -> None:
-        self.patience = patience
-
-    def judge(self, before: Reading, now: Reading, at: float) -> Finding | None:
-        if now.loss_epochs_total > before.loss_epochs_total and now.loss_epochs_since_best >= self.patience:
-            return Finding(self.name, f"training loss not improved for {now.loss_epochs_since_best} epochs "
-                                      f"(patience {self.patience})", at)
-        return None
+def loss_plateau(patience: int) -> Plateau:
+    """TrainingLossPlateau's rule: ``signals.loss_patience`` epochs without improvement."""
+    return Plateau("loss_plateau", "the training loss", "epochs", "loss_epochs_total", "loss_epochs_since_best",
+                   patience)
 
 
 class Diverging:
@@ -124,7 +122,7 @@ class Diverging:
         return None
 
 
-SourceRule = NonFinite | ValidationPlateau | LossPlateau | Diverging
+SourceRule = NonFinite | Plateau | Diverging
 # Makes a source's rule from the source's first reading.
 SourceRuleFactory = Callable[[Reading], SourceRule]
 
