@@ -239,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body(MAX_WEBHOOK_BODY)
             try:
                 payload = json.loads(body) if body is not None else None
-            except ValueError:  # not JSON, not UTF-8
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond the parser
                 payload = None
             if payload is None:
                 self.close_connection = self.close_connection or body is None  # a body left unread

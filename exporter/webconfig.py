@@ -97,8 +97,8 @@ def load_web_config(path: str) -> WebSecurity:
 
 
 def requires_credentials(security: WebSecurity) -> bool:
-    """Whether every client can be told apart from an anonymous one: by basic auth, or by a
-    client certificate verified against the configured CA."""
+    """Whether a client can prove who it is: by basic auth, or by a client certificate verified
+    against the configured CA (with VerifyClientCertIfGiven, only the clients that present one)."""
     return security.passwords is not None or (security.tls is not None and security.tls.verify_mode != ssl.CERT_NONE)
 
 

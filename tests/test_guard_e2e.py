@@ -4,7 +4,9 @@ not; Alertmanager's webhook, with and without credentials."""
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -159,7 +161,14 @@ def test_the_webhook_needs_credentials_and_acts_only_for_this_run(tmp_path, expo
         assert refused.json() == {"error": "no firing alert is about this run", "match": {"job": "llm-42"}}
         resolved = requests.post(url, json=alertmanager_payload("llm-42", "resolved"), auth=(USER, PASSWORD), timeout=5)
         assert resolved.json() == {"outcome": "nothing_firing"}
-        assert requests.post(url, data=b"{not json", auth=(USER, PASSWORD), timeout=5).status_code == 400
+        for garbage in (b"{not json", b"[" * 100_000, b"\xff\xfe"):
+            assert requests.post(url, data=garbage, auth=(USER, PASSWORD), timeout=5).status_code == 400
+        with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:  # 2 MiB announced
+            credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            sock.sendall(f"POST {WEBHOOK} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n"
+                         f"Content-Length: {2 << 20}\r\n\r\n".encode())
+            head = sock.makefile("rb").read().split(b"\r\n\r\n")[0].decode()  # read to the close
+        assert head.startswith("HTTP/1.1 400 ") and "Connection: close" in head
         time.sleep(0.3)
         assert trainer.proc.poll() is None
         acted = requests.post(url, json=ours, auth=(USER, PASSWORD), timeout=5)
