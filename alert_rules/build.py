@@ -50,6 +50,48 @@ HOST_CPU_BUSY = (
     "or batches too small for the GPU.{{ end }}{{ end }}{{ end }}"
 )
 
+# What moved with a drop in throughput, each now and at the start of the baseline window: GPU
+# utilisation, GPU clocks held down by power or heat, host CPU.
+_NOW_AND_BEFORE = (
+    '{{{{ with printf "{now}" $labels.instance | query }}}}{{{{ with . | first }}}} {what} now '
+    '{{{{ . | value | humanizePercentage }}}}{{{{ with printf "{before}" $labels.instance | query }}}}'
+    '{{{{ with . | first }}}} ({{{{ . | value | humanizePercentage }}}} <<throughput_baseline_window>> before)'
+    '{{{{ end }}}}{{{{ end }}}}.{{{{ end }}}}{{{{ end }}}}'
+)
+
+
+def now_and_before(what: str, query: str) -> str:
+    """``query`` (with ``{offset}`` after its selector) now and at the start of the baseline window."""
+    return _NOW_AND_BEFORE.format(what=what, now=query.format(offset=""),
+                                  before=query.format(offset=" offset <<throughput_baseline_window>>"))
+
+
+_THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
+THROUGHPUT_CONTEXT = (
+    now_and_before("GPU utilisation", 'avg(training_gpu_utilization_ratio{{instance=\\"%s\\"}}{offset})')
+    + '{{ with printf "sum(training_gpu_clock_event_reason_active{instance=\\"%s\\",reason=~\\"'
+    + _THROTTLE_REASONS + '\\"})" $labels.instance | query }}{{ with . | first }}{{ if gt (. | value) 0.0 }} '
+    "GPU clocks held down by power or heat ({{ . | value }} limit(s) active).{{ else }} No GPU throttled."
+    "{{ end }}{{ end }}{{ end }}"
+    + now_and_before("Host CPU busy", 'instance:training_host_cpu_busy:ratio{{instance=\\"%s\\"}}{offset}')
+)
+
+
+def below_own_median(metric: str) -> str:
+    """A series as a fraction of its own median over the baseline window, where under the drop ratio."""
+    return (f"{metric}\n  / quantile_over_time(0.5, {metric}[<<throughput_baseline_window>>])\n"
+            f"  < <<throughput_drop_ratio>>")
+
+
+def against_the_others(metric: str) -> str:
+    """Each series of a run (one ``job``) as a multiple of the mean of the run's other series;
+    only where the run has more than one."""
+    return (f"{metric}\n  / (\n    (sum by (job) ({metric}) - on(job) group_right() {metric})\n"
+            f"    / on(job) group_left() ((count by (job) ({metric}) > 1) - 1)\n  )")
+
+
+RANK_SM_ACTIVE = "avg by (job, instance) (training_gpu_sm_active_ratio)"
+
 RECORDING = [
     {"record": "instance:training_host_cpu_busy:ratio",
      "expr": '1 - sum by (instance) (rate(training_host_cpu_seconds_total{mode="idle"}[5m]))\n'
@@ -67,6 +109,11 @@ GROUPS: dict[str, list[dict]] = {
              summary="Validation loss stopped improving.",
              description="The monitored validation value of {{ $labels.source }} on {{ $labels.instance }} has not "
                          "improved by more than min_delta for {{ $value }} evaluations (the exporter's patience)."),
+        dict(alert="TrainingLossPlateau", severity="warning",
+             expr="training_loss_epochs_since_best >= training_loss_patience",
+             summary="Training loss stopped improving.",
+             description="The best training loss of {{ $labels.source }} on {{ $labels.instance }} has not improved "
+                         "by more than loss_min_delta for {{ $value }} epochs (the exporter's loss_patience)."),
         dict(alert="TrainingOverfitting", severity="warning", for_="<<overfit_for>>",
              expr="deriv(training_validation_loss[<<overfit_window>>]) > 0\n"
                   "and on(instance, source) deriv(training_loss[<<overfit_window>>]) < 0\n"
@@ -97,6 +144,21 @@ GROUPS: dict[str, list[dict]] = {
              description="{{ $labels.source }} on {{ $labels.instance }} has not advanced a step for "
                          "{{ $value | humanizeDuration }} while the training process is still running "
                          "(a hung collective or data loader looks like this)."),
+        dict(alert="TrainingThroughputDropped", severity="warning", for_="<<throughput_drop_for>>",
+             expr="(\n" + below_own_median("training_steps_per_second") + "\nor\n"
+                  + below_own_median("training_tokens_per_second") + f"\n)\nunless {FINISHED}",
+             summary="Training throughput dropped well below its recent level.",
+             description="{{ $labels.source }} on {{ $labels.instance }} trains at {{ $value | humanizePercentage }} "
+                         "of its median throughput over the last <<throughput_baseline_window>>." + THROUGHPUT_CONTEXT),
+        dict(alert="TrainingRankStraggler", severity="warning", for_="<<straggler_for>>",
+             expr=against_the_others("training_steps_per_second") + " < <<straggler_step_rate_ratio>>\nor\n"
+                  + against_the_others(RANK_SM_ACTIVE) + " > <<straggler_sm_active_ratio>>",
+             summary="One rank of a run lags the others.",
+             description="{{ if $labels.source }}{{ $labels.source }} on {{ $labels.instance }} advances at "
+                         "{{ $value | humanizePercentage }} of the mean step rate of the other ranks of "
+                         "{{ $labels.job }}.{{ else }}The GPUs of {{ $labels.instance }} are "
+                         "{{ $value | humanize }} times as busy (SM activity) as those of the other ranks of "
+                         "{{ $labels.job }}: in lockstep training the others wait for it.{{ end }}"),
         dict(alert="TrainingProcessExited", severity="warning",
              expr="training_process_up == 0 and on(instance) max_over_time(training_process_up[30m]) == 1\n"
                   "unless on(instance) training_records_total{kind=\"summary\"} > 0",
@@ -152,6 +214,15 @@ GROUPS: dict[str, list[dict]] = {
              summary="A GPU sits mostly idle while training runs.",
              description="GPU {{ $labels.gpu }} on {{ $labels.instance }} averaged {{ $value | humanizePercentage }} "
                          "utilisation over <<gpu_idle_window>> while training made progress." + HOST_CPU_BUSY),
+    ],
+    "training-exporter.guard": [
+        dict(alert="TrainingGuardActed", severity="warning", expr=counter_rose("training_guard_actions_total"),
+             summary="The exporter's guard acted on the training process.",
+             description="{{ if eq $labels.action \"dry_run\" }}The guard on {{ $labels.instance }} would have "
+                         "acted on rule {{ $labels.rule }} (dry run: it did nothing){{ else }}The guard on "
+                         "{{ $labels.instance }} acted on the training process for rule {{ $labels.rule }}: "
+                         "{{ $labels.action }}{{ end }} ({{ $value }} time(s) in the last <<event_window>>); "
+                         "the exporter's log says why and which process."),
     ],
     "training-exporter.health": [
         dict(alert="TrainingExporterDown", severity="critical", for_="<<target_down_for>>",

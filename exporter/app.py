@@ -11,6 +11,7 @@ import time
 from . import runtime
 from .collector_base import Collector
 from .config import Config
+from .guard.collector import GuardCollector
 from .logs.sources import LogFollower, LogSpec
 from .registry import build_registry
 from .server import MetricsServer
@@ -63,14 +64,23 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
         from .hardware.host import HostCollector
 
         collectors.append(HostCollector(filesystem_paths=config.host.filesystem_paths, per_cpu=config.host.per_cpu))
-    if enabled.get("process", True):
-        from .hardware.process import ProcessCollector
+    if not enabled.get("process", True) and config.guard is None:
+        return collectors
+    from .hardware.process import ProcessCollector, ProcessFinder
 
-        collectors.append(ProcessCollector(
-            pid_file=config.process.pid_file,
-            cmdline_pattern=config.process.cmdline_pattern,
-            gpu_pids=gpu.gpu_pids if (gpu is not None and config.process.from_gpu) else None,
-        ))
+    # One finder for the process collector and the guard: they must mean the same process.
+    finder = ProcessFinder(
+        pid_file=config.process.pid_file,
+        cmdline_pattern=config.process.cmdline_pattern,
+        gpu_pids=gpu.gpu_pids if (gpu is not None and config.process.from_gpu) else None,
+    )
+    if enabled.get("process", True):
+        collectors.append(ProcessCollector(finder=finder))
+    if config.guard is not None:
+        from .guard.core import Guard
+
+        ready = (lambda: reading.follower.ready) if enabled.get("training", True) else (lambda: True)
+        collectors.append(GuardCollector(Guard(config.guard, config.signals, reading.states, finder, ready)))
     return collectors
 
 
@@ -84,9 +94,10 @@ class Exporter:
         self.registry = build_registry(self.collectors)
         security = load_web_config(config.web.config_file) if config.web.config_file else None
         follower = self.reading.follower
+        guard = next((c.guard for c in self.collectors if isinstance(c, GuardCollector)), None)
         self.server = MetricsServer(config.web.listen_address, self.registry,
                                     is_ready=(lambda: follower.ready) if self.training_enabled else (lambda: True),
-                                    security=security)
+                                    security=security, guard_webhook=guard.webhook if guard is not None else None)
 
     def start(self) -> None:
         if self.training_enabled:

@@ -15,7 +15,8 @@ import os
 import sys
 
 from . import __version__
-from .config import COLLECTORS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, LogConfig, load_file, validate
+from .config import COLLECTORS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, DivergenceRuleConfig, GuardConfig, \
+    GuardWebhookConfig, LogConfig, NonFiniteRuleConfig, PlateauRuleConfig, StallRuleConfig, load_file, validate
 from .logformat import FORMATTERS
 from .logs.formats import ALL_FORMATS
 
@@ -51,6 +52,10 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
                         help="min: lower validation value is better (default); max: higher is better")
     parser.add_argument("--signals.monitor", dest="monitor", metavar="KEY",
                         help="the evaluated key whose best and patience are tracked (default validation_loss)")
+    parser.add_argument("--signals.loss-patience", dest="loss_patience", type=int, metavar="N",
+                        help="epochs whose best training loss did not improve that make a loss plateau (default 5)")
+    parser.add_argument("--signals.loss-min-delta", dest="loss_min_delta", type=float, metavar="X",
+                        help="an epoch's best training loss must beat the best by more than this (default 0)")
 
 
 def _serve_parser(prog: str) -> argparse.ArgumentParser:
@@ -77,11 +82,80 @@ def _serve_parser(prog: str) -> argparse.ArgumentParser:
                         help="file holding the training process's PID")
     parser.add_argument("--process.cmdline-pattern", dest="cmdline_pattern", metavar="REGEX",
                         help="find the training process by its command line")
+    _add_guard_flags(parser)
     return parser
 
 
+def _add_guard_flags(parser: argparse.ArgumentParser) -> None:
+    guard = parser.add_argument_group("guard", "stop a failing run (off unless a rule or the webhook is given)")
+    guard.add_argument("--guard.on-nonfinite", dest="guard_nonfinite", metavar="KEYS",
+                       help="act on non-finite values of these keys (comma-separated, e.g. loss,grad_norm)")
+    guard.add_argument("--guard.nonfinite-count", dest="guard_nonfinite_count", type=int, metavar="N",
+                       help="non-finite values seen in one source that make that rule hold (default 1)")
+    guard.add_argument("--guard.on-validation-plateau", dest="guard_validation_plateau", action="store_true",
+                       default=None, help="act on the validation plateau (signals.patience)")
+    guard.add_argument("--guard.on-loss-plateau", dest="guard_loss_plateau", action="store_true", default=None,
+                       help="act on the training-loss plateau (signals.loss_patience)")
+    guard.add_argument("--guard.on-stall", dest="guard_stall", type=_positive_float, metavar="SECONDS",
+                       help="act when no step advanced for this long while the training process lives")
+    guard.add_argument("--guard.on-divergence", dest="guard_divergence", type=_positive_float, metavar="RATIO",
+                       help="act when the recent losses' median is over RATIO times the lowest it has been")
+    guard.add_argument("--guard.webhook.match", dest="guard_match", action="append", metavar="LABEL=VALUE",
+                       help="take Alertmanager's alerts carrying this label at POST /-/guard/alertmanager (repeatable)")
+    guard.add_argument("--guard.signal", dest="guard_signal", metavar="NAME",
+                       help="the signal sent to the training process (default SIGINT)")
+    guard.add_argument("--guard.command", dest="guard_command", metavar="CMD",
+                       help="run this with /bin/sh -c instead of sending a signal")
+    guard.add_argument("--guard.dry-run", dest="guard_dry_run", action="store_true", default=None,
+                       help="decide and report, do nothing")
+    guard.add_argument("--guard.act-on-backlog", dest="guard_act_on_backlog", action="store_true", default=None,
+                       help="also act on what the logs said before the exporter started")
+
+
+def _apply_guard(config: Config, args: argparse.Namespace) -> None:
+    """The guard flags, over the config's guard section (made when a flag needs one)."""
+    given = {k: v for k, v in vars(args).items() if k.startswith("guard_") and v is not None}
+    if not given:
+        return
+    guard = config.guard = config.guard or GuardConfig()
+    rules = guard.rules
+    if "guard_nonfinite" in given or "guard_nonfinite_count" in given:
+        rules.nonfinite = rules.nonfinite or NonFiniteRuleConfig()
+        if "guard_nonfinite" in given:
+            rules.nonfinite.keys = [key.strip() for key in args.guard_nonfinite.split(",") if key.strip()]
+        if "guard_nonfinite_count" in given:
+            rules.nonfinite.count = args.guard_nonfinite_count
+    if args.guard_validation_plateau:
+        rules.validation_plateau = PlateauRuleConfig()
+    if args.guard_loss_plateau:
+        rules.loss_plateau = PlateauRuleConfig()
+    if args.guard_stall is not None:
+        rules.stalled = StallRuleConfig(seconds=args.guard_stall)
+    if args.guard_divergence is not None:
+        rules.diverging = DivergenceRuleConfig(ratio=args.guard_divergence)
+    if args.guard_match:
+        match = {}
+        for item in args.guard_match:
+            name, equals, value = item.partition("=")
+            if not equals:
+                raise ConfigError(f"--guard.webhook.match: expected LABEL=VALUE, got {item!r}")
+            match[name.strip()] = value
+        guard.webhook = GuardWebhookConfig(match=match)
+    if "guard_signal" in given and "guard_command" in given:
+        raise ConfigError("--guard.command: give --guard.signal or --guard.command, not both")
+    if "guard_signal" in given:  # a flag's action replaces the config's
+        guard.signal, guard.command = args.guard_signal, None
+    if "guard_command" in given:
+        guard.signal, guard.command = None, args.guard_command
+    if args.guard_dry_run:
+        guard.dry_run = True
+    if args.guard_act_on_backlog:
+        guard.act_on_backlog = True
+
+
 def _apply_common(config: Config, args: argparse.Namespace) -> Config:
-    overrides = {k: getattr(args, k) for k in ("patience", "min_delta", "mode", "monitor")
+    overrides = {k: getattr(args, k) for k in ("patience", "min_delta", "mode", "monitor", "loss_patience",
+                                               "loss_min_delta")
                  if getattr(args, k, None) is not None}
     if overrides:
         config.signals = dataclasses.replace(config.signals, **overrides)
@@ -116,6 +190,7 @@ def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config
         config.process.pid_file = args.pid_file
     if getattr(args, "cmdline_pattern", None):
         config.process.cmdline_pattern = args.cmdline_pattern
+    _apply_guard(config, args)
     validate(config, "command line" if not args.config else f"{args.config} (with flags)")
     return config
 

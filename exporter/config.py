@@ -78,6 +78,52 @@ class ProcessConfig:
 
 
 @dataclass
+class NonFiniteRuleConfig:
+    keys: list[str] = field(default_factory=lambda: ["loss", "validation_loss"])  # canonical names
+    count: int = 1  # non-finite values of those keys, seen live in one source, that make the rule hold
+
+
+@dataclass
+class PlateauRuleConfig:
+    """The plateau rules take their patience and min_delta from ``signals``, as the alerts do."""
+
+
+@dataclass
+class StallRuleConfig:
+    seconds: float = 1800.0  # no step advance for this long while the training process lives
+
+
+@dataclass
+class DivergenceRuleConfig:
+    ratio: float = 3.0  # the recent losses' median this many times the lowest it has been
+
+
+@dataclass
+class GuardRulesConfig:
+    nonfinite: NonFiniteRuleConfig | None = None
+    validation_plateau: PlateauRuleConfig | None = None
+    loss_plateau: PlateauRuleConfig | None = None
+    stalled: StallRuleConfig | None = None
+    diverging: DivergenceRuleConfig | None = None
+
+
+@dataclass
+class GuardWebhookConfig:
+    match: dict[str, str] = field(default_factory=dict)  # labels a firing alert must carry to act
+
+
+@dataclass
+class GuardConfig:
+    rules: GuardRulesConfig = field(default_factory=GuardRulesConfig)
+    webhook: GuardWebhookConfig | None = None
+    signal: str | None = None  # sent to the training process; SIGINT unless a command is given
+    command: str | None = None  # run with /bin/sh -c instead of sending a signal
+    command_timeout_seconds: float = 60.0
+    dry_run: bool = False  # decide and report, do nothing
+    act_on_backlog: bool = False  # also act on what the logs said before the exporter started
+
+
+@dataclass
 class Config:
     logs: list[LogConfig] = field(default_factory=list)
     web: WebConfig = field(default_factory=WebConfig)
@@ -90,6 +136,7 @@ class Config:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     host: HostConfig = field(default_factory=HostConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    guard: GuardConfig | None = None  # off unless configured
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -209,6 +256,8 @@ def _convert(hint, value, filename: str, path: str):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
+        if isinstance(value, bool) and dataclasses.is_dataclass(hint) and type(None) in args:
+            return build(hint, {}, filename, path) if value else None  # `rule: true`: on, as it comes
         return _convert(hint, value, filename, path)
     if dataclasses.is_dataclass(hint):
         if hint is PatternConfig and isinstance(value, str):
@@ -259,7 +308,7 @@ def _kind(value) -> str:
 # Every number the config holds (by its key), with the range that makes sense for it (both ends
 # included, but for the keys in ABOVE_LOWEST). The upper ends are far beyond any real use; they are there
 # because a waiting thread cannot wait longer than the platform's limit, and an absurd window or
-# line length is memory.
+# line length is memory. A key under a section that is off (the guard's) is not checked.
 RANGES = {
     "signals.min_delta": (0, 1e12),
     "signals.patience": (1, 1_000_000),
@@ -267,13 +316,23 @@ RANGES = {
     "signals.spike_factor": (1, 1e6),
     "signals.spike_min_points": (1, 100_000),
     "signals.max_keys": (1, 100_000),
+    "signals.loss_patience": (1, 1_000_000),
+    "signals.loss_min_delta": (0, 1e12),
+    "signals.loss_window_steps": (1, 1_000_000_000),
     "follow.poll_interval_seconds": (0.01, 60),
     "follow.rescan_interval_seconds": (0.1, 3600),
     "follow.max_line_bytes": (1024, 1 << 30),
     "follow.retire_after_seconds": (1, 30 * 86400),
     "gpu.poll_interval_seconds": (0.01, 3600),
+    "guard.command_timeout_seconds": (0.1, 86_400),
+    "guard.rules.nonfinite.count": (1, 1_000_000),
+    "guard.rules.stalled.seconds": (1, 10_000_000),
+    "guard.rules.diverging.ratio": (1, 1e6),
 }
-ABOVE_LOWEST = ("signals.spike_factor",)
+ABOVE_LOWEST = ("signals.spike_factor", "guard.rules.diverging.ratio")
+# What the guard may send the training process (see the README for what each framework does).
+GUARD_SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def validate(config: Config, filename: str) -> None:
@@ -318,7 +377,9 @@ def validate(config: Config, filename: str) -> None:
     if s.mode not in ("min", "max"):
         raise ConfigError(f"{filename}: signals.mode: expected min or max, got {s.mode!r}")
     for key, (low, high) in RANGES.items():
-        number = functools.reduce(getattr, key.split("."), config)
+        number = functools.reduce(lambda section, name: getattr(section, name, None), key.split("."), config)
+        if number is None:
+            continue
         above = key in ABOVE_LOWEST
         # Written as "in range", which NaN (from a flag) never is.
         if not ((low < number if above else low <= number) and number <= high):
@@ -334,3 +395,38 @@ def validate(config: Config, filename: str) -> None:
             re.compile(config.process.cmdline_pattern)
         except re.error as error:
             raise ConfigError(f"{filename}: process.cmdline_pattern: invalid regular expression: {error}") from None
+    if config.guard is not None:
+        _validate_guard(config, filename)
+
+
+def _validate_guard(config: Config, filename: str) -> None:
+    guard = config.guard
+    rules = guard.rules
+    if guard.webhook is None and not any(getattr(rules, f.name) for f in dataclasses.fields(rules)):
+        raise ConfigError(f"{filename}: guard: no rule and no webhook: nothing to act on (see guard.rules)")
+    if guard.signal is not None and guard.command is not None:
+        raise ConfigError(f"{filename}: guard.command: give a signal or a command, not both")
+    if guard.signal is not None and guard.signal not in GUARD_SIGNALS:
+        raise ConfigError(f"{filename}: guard.signal: expected one of {', '.join(GUARD_SIGNALS)}, got {guard.signal!r}")
+    if guard.command is not None and not guard.command.strip():
+        raise ConfigError(f"{filename}: guard.command: empty")
+    if rules.nonfinite is not None and not [key for key in rules.nonfinite.keys if key.strip()]:
+        raise ConfigError(f"{filename}: guard.rules.nonfinite.keys: expected at least one key")
+    process = config.process
+    if not (process.pid_file or process.cmdline_pattern or (process.from_gpu and config.collectors.get("gpu", True))):
+        raise ConfigError(f"{filename}: guard: nothing finds the training process it acts on: set "
+                          "process.pid_file or process.cmdline_pattern (or keep process.from_gpu with the gpu collector)")
+    if guard.webhook is None:
+        return
+    if not guard.webhook.match:
+        raise ConfigError(f"{filename}: guard.webhook.match: expected the labels that name this run's alerts, "
+                          "e.g. {job: my-run}")
+    for name in guard.webhook.match:
+        if not _LABEL_NAME.fullmatch(name):
+            raise ConfigError(f"{filename}: guard.webhook.match.{name}: not a label name")
+    # An endpoint that stops the job must not be open to anyone who can reach the port.
+    from .webconfig import load_web_config, requires_credentials
+
+    if not (config.web.config_file and requires_credentials(load_web_config(config.web.config_file))):
+        raise ConfigError(f"{filename}: guard.webhook: needs credentials: a web config (web.config_file) with "
+                          "basic_auth_users or client certificates (client_auth_type)")

@@ -1,8 +1,11 @@
-"""The HTTP endpoint: /metrics, /-/healthy, /-/ready and an index page. Knows nothing of
-training: it serves a registry and asks a callable whether the exporter is ready.
+"""The HTTP endpoint: /metrics, /-/healthy, /-/ready, an index page, and the guard's webhook
+for Alertmanager. Knows nothing of training: it serves a registry, asks a callable whether the
+exporter is ready, and hands the webhook's parsed JSON to another.
 
 With a web config (``webconfig.py``) it serves HTTPS and asks every request, whatever its path,
-for basic-auth credentials, as Prometheus's own exporters do.
+for basic-auth credentials, as Prometheus's own exporters do. The webhook, which can stop the
+training job, answers only a client that proved who it is: with basic auth, or with a verified
+client certificate.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import base64
 import errno
 import gzip
 import io
+import json
 import logging
 import os
 import re
@@ -65,6 +69,10 @@ MAX_CONNECTIONS = 256
 # A GET's body means nothing here, but left unread it would be taken for the next request: up to
 # this much is read and dropped, more (or a chunked body) ends the connection after the answer.
 MAX_DISCARDED_BODY = 64 * 1024
+# Where Alertmanager posts to the guard, and the largest payload taken (hundreds of alerts).
+GUARD_WEBHOOK_PATH = "/-/guard/alertmanager"
+MAX_WEBHOOK_BODY = 1 << 20
+JSON = "application/json"
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,10}")
 
 
@@ -133,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
     scrapes: dict[Callable, Scrapes]  # by the format's render function
     is_ready: Callable[[], bool]
     security: WebSecurity | None = None
+    # The guard's handler of an Alertmanager payload: (HTTP status, answer); None: the guard is off.
+    guard_webhook: Callable[[object], tuple[int, dict]] | None = None
 
     def setup(self) -> None:
         # The server hands over its Connection, not the bare socket.
@@ -167,21 +177,24 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
-        self._discard_body()
+        if self.command != "POST":  # a POST's body is read once the request may be answered
+            self._read_body(MAX_DISCARDED_BODY)
         self.answering = True
         self.server.connections.answering(self.held)
         return True
 
-    def _discard_body(self) -> None:
+    def _read_body(self, limit: int) -> bytes | None:
+        """The request's body, at most ``limit`` bytes; None when there is none, or when it is
+        larger, chunked or of ambiguous length (then the connection ends after the answer)."""
         lengths = self.headers.get_all("Content-Length", [])
         chunked = "Transfer-Encoding" in self.headers
         if not lengths and not chunked:
-            return
+            return None
         length = lengths[0].strip() if len(lengths) == 1 and not chunked else ""  # else ambiguous
-        if _CONTENT_LENGTH.fullmatch(length) and int(length) <= MAX_DISCARDED_BODY:
-            self.rfile.read(int(length))  # under the request's deadline
-        else:
-            self.close_connection = True
+        if _CONTENT_LENGTH.fullmatch(length) and int(length) <= limit:
+            return self.rfile.read(int(length))  # under the request's deadline
+        self.close_connection = True
+        return None
 
     def finish(self) -> None:
         for stream in (self.wfile, self.rfile):
@@ -211,6 +224,42 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, INDEX.format(version=__version__).encode(), "text/html; charset=utf-8")
         else:
             self._send(404, b"Not found\n", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        asked_to_close = self.close_connection
+        self.close_connection = True  # the body is read only if the request is taken
+        if not self._authorized():
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Basic"})
+        elif self.path.split("?", 1)[0] != GUARD_WEBHOOK_PATH:
+            self._send(405, b"Method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
+        elif self.guard_webhook is None:
+            self._send_json(403, {"error": "the guard is off"})
+        elif not self._identified():
+            self._send_json(403, {"error": "the guard's webhook needs basic auth or a verified client certificate"})
+        else:
+            self.close_connection = asked_to_close
+            body = self._read_body(MAX_WEBHOOK_BODY)
+            try:
+                payload = json.loads(body) if body is not None else None
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond the parser
+                payload = None
+            if payload is None:
+                self.close_connection = self.close_connection or body is None  # a body left unread
+                self._send_json(400, {"error": f"expected a JSON payload of at most {MAX_WEBHOOK_BODY} bytes, "
+                                               "sent with a Content-Length"})
+                return
+            self._send_json(*self.guard_webhook(payload))
+
+    def _identified(self) -> bool:
+        """Whether the client proved who it is: basic auth (checked for every request when
+        configured) or a client certificate verified in the TLS handshake."""
+        if self.security is not None and self.security.passwords is not None:
+            return True
+        getpeercert = getattr(self.connection, "getpeercert", None)
+        return bool(getpeercert and getpeercert())
+
+    def _send_json(self, status: int, answer: dict) -> None:
+        self._send(status, json.dumps(answer).encode() + b"\n", JSON)
 
     def _authorized(self) -> bool:
         passwords = self.security.passwords if self.security else None
@@ -401,11 +450,14 @@ class _Server(ThreadingHTTPServer):
 
 class MetricsServer:
     def __init__(self, address: str, registry: CollectorRegistry, is_ready: Callable[[], bool],
-                 security: WebSecurity | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
+                 security: WebSecurity | None = None, max_connections: int = MAX_CONNECTIONS,
+                 guard_webhook: Callable[[object], tuple[int, dict]] | None = None) -> None:
         host, port = parse_listen_address(address)
         scrapes = {form.render: Scrapes(registry, form.render) for form in (TEXT, OPENMETRICS)}
         handler = type("Handler", (_Handler,), {"scrapes": scrapes, "is_ready": staticmethod(is_ready),
-                                                "security": security, "request_timeout": REQUEST_TIMEOUT_SECONDS})
+                                                "security": security, "request_timeout": REQUEST_TIMEOUT_SECONDS,
+                                                "guard_webhook": staticmethod(guard_webhook) if guard_webhook
+                                                else None})
         tls, sans = (security.tls, security.allowed_sans) if security else (None, ())
         if host:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET

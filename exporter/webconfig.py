@@ -96,6 +96,12 @@ def load_web_config(path: str) -> WebSecurity:
     return security
 
 
+def requires_credentials(security: WebSecurity) -> bool:
+    """Whether a client can prove who it is: by basic auth, or by a client certificate verified
+    against the configured CA (with VerifyClientCertIfGiven, only the clients that present one)."""
+    return security.passwords is not None or (security.tls is not None and security.tls.verify_mode != ssl.CERT_NONE)
+
+
 def _mapping(path: str, where: str, value, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: {where}: expected a mapping")

@@ -174,11 +174,11 @@ def training_run() -> dict:
     board.dashboard = (board.dashboard.link(link("GPUs and host", "training-exporter-hardware"))
                        .link(link("Ranks", "training-exporter-ranks")))
     board.row("Progress").add(
-        single("Step", "Latest step the log reported.", "none", query(m("training_step"), "{{source}}")),
+        single("Step", "Latest step the log reported.", "none", query(m("training_step"), "{{source}}"), width=3),
         single("Epoch", "Latest epoch (fractional where the framework logs it so).", "none",
-               query(m("training_epoch"), "{{source}}")),
+               query(m("training_epoch"), "{{source}}"), width=3),
         single("ETA", "Steps left over the current step rate (needs the run's total steps in the log).", "s",
-               query(m("training_eta_seconds"), "{{source}}")),
+               query(m("training_eta_seconds"), "{{source}}"), width=3),
         single("Since last step", "Time since the step last advanced. TrainingStalled fires after "
                f"{STALL_SECONDS // 60} minutes while the process is alive.", "s",
                query(f"time() - {m('training_last_progress_timestamp_seconds')}", "{{source}}"),
@@ -190,13 +190,19 @@ def training_run() -> dict:
                "TrainingValidationPlateau fires when they meet.", "none",
                query(m("training_validation_evals_since_best"), "since best {{source}}"),
                query(m("training_validation_patience"), "patience {{source}}")),
+        single("Epochs since best loss", "Epochs whose best training loss did not beat the best before, against "
+               "the configured loss_patience: TrainingLossPlateau fires when they meet.", "none",
+               query(m("training_loss_epochs_since_best"), "since best {{source}}"),
+               query(m("training_loss_patience"), "patience {{source}}"), width=3),
     )
     board.row("Loss").add(
-        graph("Loss", "Training loss, validation loss and the best validation loss so far (dashed).", "none",
+        graph("Loss", "Training loss, validation loss, and the best of each so far (dashed; the best training "
+              "loss is the lowest of the epochs' best).", "none",
               query(m("training_loss"), "loss {{source}}"),
               query(m("training_validation_loss"), "validation {{source}}"),
+              query(m("training_loss_best"), "best training {{source}}"),
               query(m("training_validation_loss_best"), "best validation {{source}}"),
-              dashed=("best validation",)),
+              dashed=("best training", "best validation")),
         graph("Perplexity", "exp(loss), meaningful for language models trained with cross-entropy in nats.",
               "none", query(f"exp({m('training_loss')})", "train {{source}}"),
               query(f"exp({m('training_validation_loss')})", "validation {{source}}")),
@@ -222,13 +228,16 @@ def training_run() -> dict:
     board.row("Problems").add(
         graph("Non-finite values", "NaN or infinite values by key since the exporter started; a NaN "
               "grad_norm counts even when Hugging Face hides the NaN loss.", "none",
-              query(m("training_nonfinite_values_total"), "{{source}} {{key}}"), width=8),
+              query(m("training_nonfinite_values_total"), "{{source}} {{key}}"), width=6),
         graph("Out-of-memory errors", "Out-of-memory errors in the log since the exporter started.", "none",
-              query(m("training_oom_events_total"), "{{source}}"), width=8),
+              query(m("training_oom_events_total"), "{{source}}"), width=6),
         graph("Loss spikes and fp16 overflows", "Losses far above their recent median, and skipped "
               "mixed-precision steps, since the exporter started.", "none",
               query(m("training_loss_spikes_total"), "spikes {{source}}"),
-              query(m("training_loss_scale_overflows_total"), "overflows {{source}}"), width=8),
+              query(m("training_loss_scale_overflows_total"), "overflows {{source}}"), width=6),
+        graph("Guard actions", "What the guard did to the training process since the exporter started, by rule "
+              "and action (dry_run: decided, nothing done); no series when the guard is off.", "none",
+              query(f"training_guard_actions_total{{{RUN}}}", "{{instance}} {{rule}} {{action}}"), width=6),
         _alerts_table(),
     )
     board.row("Log reading").add(

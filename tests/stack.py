@@ -207,14 +207,16 @@ class PrometheusServer(_Server):
 
     Started and ready when the constructor returns. ``alertmanager_url`` is an Alertmanager's
     base URL (``AlertmanagerServer.url``). ``resend_delay`` is how often a still-firing alert is
-    sent again (Prometheus's default is 1m).
+    sent again (Prometheus's default is 1m). ``basic_auth`` is (user, password) for scraping
+    targets that ask for it.
     """
 
     name = "prometheus"
 
     def __init__(self, targets: list[str], job: str = "exporter", scrape_interval: str = "1s",
                  rule_files: list[str | os.PathLike] = (), evaluation_interval: str = "1s",
-                 alertmanager_url: str | None = None, resend_delay: str = "1s") -> None:
+                 alertmanager_url: str | None = None, resend_delay: str = "1s",
+                 basic_auth: tuple[str, str] | None = None) -> None:
         self.scrape_targets = [_check_loopback(target) for target in targets]
         if alertmanager_url:
             _check_loopback(urlsplit(alertmanager_url).netloc)
@@ -226,6 +228,7 @@ class PrometheusServer(_Server):
                 # The default scrape_timeout (10s) is refused when longer than the interval.
                 "job_name": job, "scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                 "static_configs": [{"targets": self.scrape_targets}],
+                **({"basic_auth": {"username": basic_auth[0], "password": basic_auth[1]}} if basic_auth else {}),
             }],
             "rule_files": [str(Path(path).resolve()) for path in rule_files],
         }
@@ -293,21 +296,24 @@ class AlertmanagerServer(_Server):
     """Alertmanager with one route, every alert to ``webhook_url``; started and ready on return.
 
     ``group_by=("...",)`` makes each distinct alert its own group, so each waits only its own
-    ``group_wait``; ``send_resolved`` makes resolutions arrive at the webhook too.
+    ``group_wait``; ``send_resolved`` makes resolutions arrive at the webhook too. ``routes`` and
+    ``receivers`` (Alertmanager's own config, as dicts) send some alerts elsewhere first; their
+    webhooks must be on loopback too.
     """
 
     name = "alertmanager"
 
     def __init__(self, webhook_url: str, group_wait: str = "1s", group_interval: str = "1s",
                  repeat_interval: str = "1h", group_by: tuple[str, ...] = ("...",),
-                 send_resolved: bool = True) -> None:
-        _check_loopback(urlsplit(webhook_url).netloc)
+                 send_resolved: bool = True, routes: list[dict] = (), receivers: list[dict] = ()) -> None:
+        for url in [webhook_url, *(hook["url"] for receiver in receivers for hook in receiver["webhook_configs"])]:
+            _check_loopback(urlsplit(url).netloc)
         super().__init__(_require_binary(ALERTMANAGER_NAMES))
         config = {
             "route": {"receiver": "webhook", "group_by": list(group_by), "group_wait": group_wait,
-                      "group_interval": group_interval, "repeat_interval": repeat_interval},
+                      "group_interval": group_interval, "repeat_interval": repeat_interval, "routes": list(routes)},
             "receivers": [{"name": "webhook",
-                           "webhook_configs": [{"url": webhook_url, "send_resolved": send_resolved}]}],
+                           "webhook_configs": [{"url": webhook_url, "send_resolved": send_resolved}]}, *receivers],
         }
         self.config_path = self.dir / "alertmanager.yml"
         self.config_path.write_text(json.dumps(config, indent=2))

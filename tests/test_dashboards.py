@@ -165,8 +165,9 @@ def test_provisioning_points_grafana_at_the_dashboards():
 
 def simulated_rank(path: str, speed: float, rank: int, trouble, stop) -> None:
     """A Hugging Face Trainer console log, as a trainer process of its own writes it (transformers 5
-    style: quoted numbers; tqdm bars glued in front with \\r). ``trouble`` (an Event) makes rank 0
-    log a NaN grad norm and rank 1 an out-of-memory error and an fp16 overflow."""
+    style: quoted numbers; tqdm bars glued in front with \\r), an epoch every 40 steps so that the
+    training-loss plateau judges a few. ``trouble`` (an Event) makes rank 0 log a NaN grad norm
+    and rank 1 an out-of-memory error and an fp16 overflow; the guard (in dry run) decides on the NaN."""
     total = 5000
     with open(path, "a", encoding="utf-8", buffering=1) as log:
         log.write(f"***** Running training *****\n  Num examples = 80,000\n  Total optimization steps = {total}\n")
@@ -182,11 +183,11 @@ def simulated_rank(path: str, speed: float, rank: int, trouble, stop) -> None:
                     loss *= 3  # a spike, once the spike window has its 10 losses
                 grad_norm = "nan" if troubled and rank == 0 else f"{0.9 + 0.01 * (step % 5):.4f}"
                 log.write(f"\r{' ' * len(bar)}\r{{'loss': '{loss:.4f}', 'grad_norm': '{grad_norm}', "
-                          f"'learning_rate': '{5e-5 * (1 - step / total):.4e}', 'epoch': '{step / 1000:.4f}', "
+                          f"'learning_rate': '{5e-5 * (1 - step / total):.4e}', 'epoch': '{step / 40:.4f}', "
                           f"'num_input_tokens_seen': '{step * 4096}'}}\n{bar}")
             if step % 10 == 0:
                 log.write(f"\n{{'eval_loss': '{1.5 + 2.0 * math.exp(-step / 100):.4f}', 'eval_runtime': '0.51', "
-                          f"'eval_samples_per_second': '980.2', 'epoch': '{step / 1000:.4f}'}}\n")
+                          f"'eval_samples_per_second': '980.2', 'epoch': '{step / 40:.4f}'}}\n")
             if trouble.is_set() and not troubled:
                 troubled = True
                 if rank == 1:
@@ -282,7 +283,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(FAKE_NVML_DIR), os.environ.get("PYTHONPATH")]))}
             exporters.append(ExporterProcess(
                 ["--log", str(log), "--process.pid-file", str(directory / "train.pid"),
-                 "--host.filesystem-path", str(directory)], env=env))
+                 "--host.filesystem-path", str(directory), "--guard.on-nonfinite", "grad_norm", "--guard.dry-run"],
+                env=env))
         for exporter in exporters:
             exporter.wait_ready()
         prometheus = prometheus_server([f"127.0.0.1:{exporter.port}" for exporter in exporters],

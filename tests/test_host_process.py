@@ -444,8 +444,8 @@ def test_gpu_pids_that_cannot_be_seen_are_not_looked_up_again_until_they_change(
     with trainers() as start:
         trainer = start(new_marker())
         collector = ProcessCollector(gpu_pids=lambda: set(gpu_pids))
-        look_up = collector._process
-        collector._process = lambda pid: looked_up.append(pid) or look_up(pid)
+        look_up = collector.finder._process
+        collector.finder._process = lambda pid: looked_up.append(pid) or look_up(pid)
         for _ in range(3):
             assert value(scrape(collector), "training_process_up") == 0
         assert sorted(looked_up) == [4_000_000, 4_000_001]

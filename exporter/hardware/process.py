@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
+import time
 from typing import Callable, Iterable
 
 import psutil
@@ -39,8 +41,10 @@ SPECS = {
 _SKIP = (psutil.AccessDenied, psutil.ZombieProcess)
 
 
-class ProcessCollector(Collector):
-    name = "process"
+class ProcessFinder:
+    """Which process is the training process, now: the one followed so far while it lives, else
+    the first found by PID file, command line or GPU. Shared by the process collector and the
+    guard, so that they agree on which process that is; safe to ask from several threads."""
 
     def __init__(self, pid_file: str | None = None, cmdline_pattern: str | None = None,
                  gpu_pids: Callable[[], set[int]] | None = None) -> None:
@@ -56,22 +60,20 @@ class ProcessCollector(Collector):
         self._proc: psutil.Process | None = None
         self._source = ""
         self._own_pid = os.getpid()
+        self._lock = threading.Lock()
 
-    def collect(self) -> Iterable[Metric]:
-        proc = self._discover()
-        readings = None
-        if proc is not None:
-            try:
-                readings = self._read(proc)
-            except psutil.NoSuchProcess:  # exited between discovery and reading
+    def find(self) -> tuple[psutil.Process, str] | None:
+        """The training process and how it was found (pid_file, cmdline or gpu), or None."""
+        with self._lock:
+            proc = self._discover()
+            return None if proc is None else (proc, self._source)
+
+    def forget(self, proc: psutil.Process) -> None:
+        """``proc`` turned out to be gone: look again next time."""
+        with self._lock:
+            if self._proc is proc:
                 self._proc = None
-        fam = Families(SPECS)
-        fam.add("training_process_up", 1 if readings is not None else 0)
-        for name, labels, value in readings or ():
-            fam.add(name, value, labels)
-        return list(fam)
 
-    # -- discovery
     def _discover(self) -> psutil.Process | None:
         found = self._from_pid_file()  # cheap, and first in priority: always looked at
         source = "pid_file"
@@ -158,8 +160,48 @@ class ProcessCollector(Collector):
         self._unseen_gpu_pids = frozenset() if candidates else pids
         return min(candidates, key=lambda p: p.create_time(), default=None)
 
+
+
+def started_at(proc: psutil.Process) -> float:
+    """When the process started (Unix time), to about 10 ms. psutil's create_time counts from
+    the boot time the kernel gives in whole seconds, so it can be up to a second early: too
+    coarse to tell whether a process started before or after a line of its log."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        ticks = int(fields[19])  # field 22, starttime, counted after the command's ")"
+        booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+        precise = booted + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux, or gone
+        return proc.create_time()
+    coarse = proc.create_time()
+    # Where the clocks disagree by more than the boot time's rounding, psutil's is kept.
+    return precise if abs(precise - coarse) <= 2.0 else coarse
+
+
+class ProcessCollector(Collector):
+    name = "process"
+
+    def __init__(self, pid_file: str | None = None, cmdline_pattern: str | None = None,
+                 gpu_pids: Callable[[], set[int]] | None = None, finder: ProcessFinder | None = None) -> None:
+        self.finder = finder or ProcessFinder(pid_file, cmdline_pattern, gpu_pids)
+
+    def collect(self) -> Iterable[Metric]:
+        found = self.finder.find()
+        readings = None
+        if found is not None:
+            try:
+                readings = self._read(*found)
+            except psutil.NoSuchProcess:  # exited between discovery and reading
+                self.finder.forget(found[0])
+        fam = Families(SPECS)
+        fam.add("training_process_up", 1 if readings is not None else 0)
+        for name, labels, value in readings or ():
+            fam.add(name, value, labels)
+        return list(fam)
+
     # -- readings
-    def _read(self, proc: psutil.Process) -> list[tuple[str, dict[str, str], float]]:
+    def _read(self, proc: psutil.Process, source: str) -> list[tuple[str, dict[str, str], float]]:
         out: list[tuple[str, dict[str, str], float]] = []
 
         def add(name: str, read: Callable[[], float], **labels: str) -> None:
@@ -173,7 +215,7 @@ class ProcessCollector(Collector):
                 name = proc.name()
             except _SKIP:
                 name = ""
-            out.append(("training_process_info", {"pid": str(proc.pid), "name": name, "source": self._source}, 1.0))
+            out.append(("training_process_info", {"pid": str(proc.pid), "name": name, "source": source}, 1.0))
             add("training_process_start_time_seconds", proc.create_time)
             add("training_process_resident_memory_bytes", lambda: proc.memory_info().rss)
             add("training_process_cpu_seconds_total", lambda: proc.cpu_times().user, mode="user")

@@ -68,6 +68,15 @@ class TrainingCollector(Collector):
         baseline = Family("training_loss_baseline",
                           "Median of the recent finite training losses (the spike baseline).", GAUGE)
         spikes = Family("training_loss_spikes", "Training losses at least spike_factor times the baseline.", COUNTER)
+        loss_best = Family("training_loss_best", "Lowest of the epochs' best training losses (each epoch judged "
+                           "once over; a window of loss_window_steps steps where the log says no epoch).", GAUGE)
+        loss_since_best = Family("training_loss_epochs_since_best",
+                                 "Epochs since the best training loss last improved by more than loss_min_delta.",
+                                 GAUGE)
+        loss_epochs = Family("training_loss_epochs", "Epochs (or windows of steps) whose best training loss was judged.",
+                             COUNTER)
+        loss_patience = Family("training_loss_patience",
+                               "Configured loss_patience: epochs without improvement that make a loss plateau.", GAUGE)
         hparam = Family("training_hparam", "Numeric hyperparameters and run facts the logs carry.", GAUGE)
         hparam_info = Family("training_hparam", "Short text hyperparameters the logs carry.", INFO)
         dropped = Family("training_dropped_keys",
@@ -109,6 +118,11 @@ class TrainingCollector(Collector):
             if snap.loss_baseline is not None and math.isfinite(snap.loss_baseline):
                 baseline.add(src, snap.loss_baseline)
             spikes.add(src, snap.spikes_total)
+            if snap.loss_best is not None:
+                loss_best.add(src, snap.loss_best)
+            loss_since_best.add(src, snap.loss_epochs_since_best)
+            loss_epochs.add(src, snap.loss_epochs_total)
+            loss_patience.add(src, settings.loss_patience)
             for key, number in sorted(snap.meta_numbers.items()):
                 hparam.add((*src, ("key", key)), number)
             for key, text in sorted(snap.meta_strings.items()):
@@ -118,7 +132,8 @@ class TrainingCollector(Collector):
         yield step
         yield from dedicated.values()
         yield from (value, nonfinite, records, oom, overflow, progress, last_record, rate, max_steps, eta,
-                    best, best_step, since_best, evals, patience, baseline, spikes, hparam, hparam_info, dropped)
+                    best, best_step, since_best, evals, patience, baseline, spikes, loss_best, loss_since_best,
+                    loss_epochs, loss_patience, hparam, hparam_info, dropped)
 
     def _file_families(self) -> Iterable[Family]:
         lines = Family("training_log_lines", "Lines (or binary records) read from the source's files.", COUNTER)

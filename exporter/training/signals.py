@@ -43,6 +43,9 @@ class SignalSettings:
     spike_factor: float = 2.0  # a loss at least this many times the baseline is a spike
     spike_min_points: int = 10  # no spike is judged before the window holds this many losses
     max_keys: int = 200  # distinct non-canonical keys kept per source; the rest are dropped
+    loss_patience: int = 5  # epochs whose best training loss did not improve that make a loss plateau
+    loss_min_delta: float = 0.0  # an epoch's best training loss must beat the best by more than this
+    loss_window_steps: int = 1000  # where the log says no epoch, this many steps count as one
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Snapshot:
     nonfinite_steps: list[tuple[int | None, str]] = field(default_factory=list)
     best_history: list[tuple[int | None, float]] = field(default_factory=list)
     key_counts: dict[str, int] = field(default_factory=dict)
+    loss_best: float | None = None  # the lowest of the epochs' best training losses
+    loss_epochs_since_best: int = 0
+    loss_epochs_total: int = 0  # epochs (or windows of steps) judged
 
 
 class _Plan:
@@ -86,12 +92,13 @@ class _Plan:
     snapshot is taken, not at every record.
     """
 
-    __slots__ = ("names", "loss", "monitor", "dropped", "last", "seq")
+    __slots__ = ("names", "loss", "epoch", "monitor", "dropped", "last", "seq")
 
     def __init__(self, keys: tuple[str, ...], names: tuple[str, ...], monitor: str, dropped: int) -> None:
         self.names = names
         by_name = dict(zip(names, keys))  # the last key of each name wins, as in a dict update
         self.loss = by_name.get("loss")
+        self.epoch = by_name.get("epoch")
         self.monitor = by_name.get(monitor)
         self.dropped = dropped  # names over the cap: each record of these keys drops them again
         self.last: Mapping[str, float] | None = None
@@ -134,6 +141,7 @@ class SourceState:
         self._recent_losses: deque[float] = deque(maxlen=settings.spike_window)
         self._recent_sorted: list[float] = []  # the same losses in order: the median is O(1)
         self._spikes_total = 0
+        self._loss_plateau = LossPlateau(settings)
         self._dropped_keys_total = 0
         self._meta_numbers: dict[str, float] = {}
         self._meta_strings: dict[str, str] = {}
@@ -240,6 +248,8 @@ class SourceState:
             return
         if plan.loss is not None and kind is _TRAIN:
             self._judge_spike(values[plan.loss])
+            self._loss_plateau.add(values[plan.loss], values[plan.epoch] if plan.epoch is not None else None,
+                                   step if step is not None else self._step)
         if plan.monitor is not None and kind is _EVAL:
             self._judge_evaluation(values[plan.monitor], step if step is not None else self._step)
 
@@ -415,7 +425,65 @@ class SourceState:
                 nonfinite_steps=list(self._nonfinite_steps),
                 best_history=list(self._best_history),
                 key_counts=dict(self._key_counts),
+                loss_best=self._loss_plateau.best,
+                loss_epochs_since_best=self._loss_plateau.since_best,
+                loss_epochs_total=self._loss_plateau.judged,
             )
+
+
+class LossPlateau:
+    """A training loss that stopped improving: the best (lowest) training loss of each epoch
+    against the best of the epochs before it, by more than ``loss_min_delta``; the epochs since
+    it last improved make the plateau once they reach ``loss_patience``.
+
+    Training losses are noisy from batch to batch, so an epoch is judged by its best loss, and
+    only once it is over (a loss of a later epoch arrives). Where the log says no epoch, each
+    window of ``loss_window_steps`` steps counts as one (and each training loss as a step where
+    the log says no step either). Kept apart from the validation plateau: a training loss that
+    stops falling means underfitting or a learning rate decayed to nothing, not overfitting.
+    """
+
+    __slots__ = ("min_delta", "window", "losses", "by_epoch", "period", "period_best", "best", "since_best",
+                 "judged")
+
+    def __init__(self, settings: SignalSettings) -> None:
+        self.min_delta = settings.loss_min_delta
+        self.window = settings.loss_window_steps
+        self.losses = 0  # training losses seen without a step: the steps of a log without steps
+        self.by_epoch = False  # the log gives epochs: they, not windows of steps, are judged
+        self.period: int | None = None  # the epoch (or window of steps) being gathered
+        self.period_best = math.inf  # its lowest finite loss so far
+        self.best: float | None = None
+        self.since_best = 0
+        self.judged = 0
+
+    def add(self, loss: float, epoch: float | None, step: int | None) -> None:
+        if epoch is not None and not epoch - epoch:  # finite
+            period = int(epoch)
+            self.by_epoch = True
+        elif self.by_epoch:  # a line without the epoch in a log that gives it: the current one
+            period = self.period
+        elif step is not None:
+            period = step // self.window
+        else:
+            self.losses += 1
+            period = self.losses // self.window
+        if period != self.period:
+            if self.period is not None:
+                self._judge()
+            self.period, self.period_best = period, math.inf
+        if -math.inf < loss < self.period_best:  # never NaN, nor an infinity
+            self.period_best = loss
+
+    def _judge(self) -> None:
+        """The epoch just over: an improvement, or one more epoch without (also when every loss
+        of it was NaN or infinite)."""
+        self.judged += 1
+        best = self.period_best
+        if best < math.inf and (self.best is None or best < self.best - self.min_delta):
+            self.best, self.since_best = best, 0
+        else:
+            self.since_best += 1
 
 
 def _median(ordered: list[float]) -> float:
