@@ -62,18 +62,17 @@ class HuggingFaceConsole:
                 if _mentions_marker(line, start):
                     raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
                 return []
-            read = [(key, _value(raw)) for key, raw in items], end
-        pairs, end = read
-        for key, _ in pairs:
-            if key in _MARKER_KEYS or key.startswith(_MARKER_PREFIXES):
-                break
+            keys = [key for key, _ in items]
+            values = {key: value for key, raw in items if (value := _value(raw)) is not None}
         else:
+            values, end = read
+            keys = values
+        if _MARKER_KEYS.isdisjoint(keys) and not any(key.startswith(_MARKER_PREFIXES) for key in keys):
             return []  # no key the Trainer writes: some other dict
-        # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
-        after = parse_progress_bar(line[end:])
-        if after is not None:
-            progress = after
-        return [_record(pairs, progress)]
+        if line[end:]:
+            # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
+            progress = parse_progress_bar(line[end:]) or progress
+        return [_record(values, progress)]
 
 
 _json_decode = json.JSONDecoder().raw_decode
@@ -103,16 +102,16 @@ def _dict_start(line: str) -> int:
     return -1
 
 
-def _read_as_json(line: str, start: int) -> tuple[list[tuple[str, float]], int] | None:
+def _read_as_json(line: str, start: int) -> tuple[dict[str, float], int] | None:
     """The common dict, read by the JSON decoder (in C): every value a number or a quoted number,
     no double quote or backslash anywhere, so that each single quote delimits a string and
-    swapping quotes makes it JSON. The (key, value) pairs and the dict's end; None for any other
-    dict, which the general reader takes."""
+    swapping quotes makes it JSON. The values and the dict's end; None for any other dict, which
+    the general reader takes."""
     if '"' in line or "\\" in line:
         return None
     try:
         obj, end = _json_decode(line.replace("'", '"'), start)
-        return [(key, float(raw)) for key, raw in obj.items()], end
+        return {key: float(raw) for key, raw in obj.items()}, end
     except (ValueError, TypeError, OverflowError, RecursionError, AttributeError):
         return None  # bare nan, True, None, a list, a tensor(...): the general reader's
 
@@ -125,16 +124,12 @@ def _value(raw: str) -> float | None:
         return _number(raw)
 
 
-def _record(pairs: list[tuple[str, float | None]], progress: tuple[int, int] | None) -> Record:
-    values: dict[str, float] = {}
-    step: int | None = None
-    for key, value in pairs:
-        if value is None:
-            continue  # strings, None, lists: not metrics
-        if key == "step" and value.is_integer():
-            step = int(value)  # the Trainer's console dict has none; a custom callback may add it
-            continue
-        values[key] = value
+def _record(values: dict[str, float], progress: tuple[int, int] | None) -> Record:
+    step = values.get("step")
+    if step is not None and step.is_integer():
+        step = int(values.pop("step"))  # the Trainer's console dict has none; a callback may add it
+    else:
+        step = None
     return Record(values=values, kind=kind_of(values), step=step, progress=progress)
 
 
