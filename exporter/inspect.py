@@ -53,7 +53,7 @@ def build_report(reading: LogReading) -> dict:
                 "best": _number(snap.best),
                 "best_step": snap.best_step,
                 "evaluations": snap.evals_total,
-                "evals_since_best": snap.evals_since_best,
+                "evals_since_best": snap.evals_since_best if snap.evals_total else None,
                 "patience": settings.patience,
                 "plateau": plateau,
             },
