@@ -73,8 +73,9 @@ class ConsoleTable:
                     continue
                 return []  # a word among the numbers: not a row of this table
             lowered = name.lower()
-            if lowered in _STEPS and value.is_integer():
-                step = int(value)
+            if lowered in _STEPS:
+                if value.is_integer():
+                    step = int(value)
             else:
                 values["epoch" if lowered == "epoch" else name] = value
         return records_by_kind(values, step)

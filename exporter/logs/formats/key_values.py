@@ -95,8 +95,9 @@ class KeyValues:
         step = None
         for key, number, unit in pairs:
             lowered = key.lower()
-            if lowered in _STEP_KEYS and not unit and number.isdigit():
-                step = int(number)
+            if lowered in _STEP_KEYS:
+                if number.isdigit() and not unit:
+                    step = int(number)  # a step of 1.5 or 50ms is no step, and no value either
             elif not unit:
                 values["epoch" if lowered == "epoch" else key] = to_float(number)
         if not any(map(is_measured_key, values)) or (len(pairs) < 2 and step is None and "epoch" not in values):
