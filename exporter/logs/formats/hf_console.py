@@ -38,6 +38,8 @@ import re
 from .base import Kind, ParseError, Record, kind_of, to_float
 from .events import MAX_LINE, parse_progress_bar
 
+_EVAL = Kind.EVAL
+
 # Keys the Trainer itself puts in its logs. A dict without any of them is some other print
 # (a config, a batch) and not this dialect's.
 _MARKER_KEYS = frozenset({"loss", "epoch", "learning_rate", "grad_norm", "train_runtime", "train_loss"})
@@ -47,8 +49,6 @@ _MARKER_PREFIXES = ("eval_", "test_")
 # bracket. Anything else in front means the dict is quoted inside some other message.
 _BAR_TAIL = re.compile(r"\[[^\[\]]{0,200}(?:it/s|s/it|\?)[^\[\]]{0,200}\]\s*$")
 
-# The Trainer's own bar: a percentage first, no description before it.
-_TRAINER_BAR = re.compile(r"\s*\d{1,3}%\|")
 # trainer.log_metrics: "***** eval metrics *****", then "  eval_loss   =     3.9167" lines.
 _BLOCK_HEADER = re.compile(r"\*\*\*\*\* (\w{1,40}) metrics \*\*\*\*\*\s*$")
 _BLOCK_LINE = re.compile(r"([\w/.-]{1,200}) *= *(\S{1,64})$")
@@ -65,11 +65,12 @@ class HuggingFaceConsole:
     name = "huggingface"
 
     def __init__(self) -> None:
-        # The last logs dict read (its values, and whether its numbers were quoted strings), to
-        # tell the same dict printed twice; and whether it was an evaluation's.
-        self._previous: tuple[dict[str, float], bool] | None = None
+        # The last logs dict read, whether its numbers were quoted strings (transformers 5 prints
+        # 4 significant digits so) and whether it was an evaluation's: to tell the same dict
+        # printed twice, and a log_metrics block that repeats a dict.
+        self._previous: dict[str, float] | None = None
+        self._quoted = False
         self._previous_eval = False
-        self._quoted = False  # the Trainer's dicts print 4 significant digits (transformers 5)
         # Inside a log_metrics block: True when its lines are read, False when they repeat a dict.
         self._block: bool | None = None
 
@@ -78,16 +79,19 @@ class HuggingFaceConsole:
             return []
         start = _dict_start(line)
         if start < 0:
+            # The Trainer's bar, "45%|...": its percentage first, as tqdm writes it (3 wide), with
+            # no description before it. Tested without a pattern: bars are half of a Trainer's
+            # lines. A bare bar still tells how far training is.
+            if "%|" in line[1:5]:
+                progress = parse_progress_bar(line)
+                return [Record(progress=progress)] if progress is not None else []
             if self._block is not None or line[:6] == "***** ":
                 found = self._metrics_block(line)
                 if found is not None:
                     return found
-            if _TRAINER_BAR.match(line) is None:
-                return []
-            progress = parse_progress_bar(line)
-            # A bare progress bar still tells how far training is.
-            return [Record(progress=progress)] if progress is not None else []
-        self._block = None
+            return []
+        if self._block is not None:
+            self._block = None
         if line[start + 1] == '"' and _is_json_object(line, start):
             return []  # JSON, not a Python repr: the Trainer's dict quotes its keys with '
         prefix = line[:start]
@@ -117,11 +121,12 @@ class HuggingFaceConsole:
         if after is not None:
             progress = after
         record = _record(pairs, progress)
-        previous, self._previous = self._previous, (record.values, quoted)
-        if previous is not None and _printed_twice(*previous, record.values, quoted):
+        values = record.values
+        if quoted is not self._quoted and self._previous is not None \
+                and _printed_twice(self._previous, self._quoted, values, quoted):
             self._previous = None
             return [Record(progress=progress)]
-        self._previous_eval, self._quoted = record.kind is Kind.EVAL, quoted
+        self._previous, self._quoted, self._previous_eval = values, quoted, record.kind is _EVAL
         return [record]
 
     def _metrics_block(self, line: str) -> list[Record] | None:
@@ -181,7 +186,8 @@ def _read_as_json(line: str, start: int) -> tuple[list[tuple[str, float]], int, 
         return None
     try:
         obj, end = _json_decode(line.replace("'", '"'), start)
-        return [(key, float(raw)) for key, raw in obj.items()], end, str in map(type, obj.values())
+        # Every value a number or a quoted one: a quoted one's item reads "'key': '".
+        return [(key, float(raw)) for key, raw in obj.items()], end, line.find("': '", start, end) >= 0
     except (ValueError, TypeError, OverflowError, RecursionError, AttributeError):
         return None  # bare nan, True, None, a list, a tensor(...): the general reader's
 
