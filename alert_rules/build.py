@@ -245,6 +245,12 @@ GROUPS: dict[str, list[dict]] = {
              summary="A training log stopped updating.",
              description="{{ $labels.source }} on {{ $labels.instance }} has not changed for "
                          "{{ $value | humanizeDuration }} and its run has not finished."),
+        dict(alert="TrainingLogNotUnderstood", severity="warning", for_="<<log_not_understood_for>>",
+             expr="training_log_understood == 0",
+             summary="A training log is read, but nothing in it is understood.",
+             description="Lines of {{ $labels.source }} on {{ $labels.instance }} have been read for "
+                         "<<log_not_understood_for>> and none became a training value: its metrics are not "
+                         "exported. Check it with `training-exporter inspect`, then force a format or write a regex."),
         dict(alert="TrainingLogParseErrors", severity="info",
              expr="increase(training_log_parse_errors_total[<<parse_errors_window>>]) > <<parse_errors_count>>",
              summary="Lines of a training log cannot be read.",

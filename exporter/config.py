@@ -32,7 +32,7 @@ class ConfigError(Exception):
 @dataclass
 class PatternConfig:
     pattern: str
-    kind: str = "train"  # train, eval or summary
+    kind: str = "auto"  # auto (each value's kind from its name), train, eval or summary
 
 
 @dataclass
@@ -364,8 +364,8 @@ def validate(config: Config, filename: str) -> None:
         if entry.patterns and entry.format != "regex":
             raise ConfigError(f"{filename}: {where}.patterns: patterns need format: regex")
         for j, pattern in enumerate(entry.patterns):
-            if pattern.kind not in ("train", "eval", "summary"):
-                raise ConfigError(f"{filename}: {where}.patterns[{j}].kind: expected train, eval or summary")
+            if pattern.kind not in ("auto", "train", "eval", "summary"):
+                raise ConfigError(f"{filename}: {where}.patterns[{j}].kind: expected auto, train, eval or summary")
             try:
                 compiled = re.compile(pattern.pattern)
             except re.error as error:

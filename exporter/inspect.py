@@ -5,12 +5,14 @@ This is how a user checks, before deploying, that their log is read as they expe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 
 from .app import LogReading
+from .config import LogConfig, validate
 
 
 def build_report(reading: LogReading) -> dict:
@@ -51,7 +53,7 @@ def build_report(reading: LogReading) -> dict:
                 "best": _number(snap.best),
                 "best_step": snap.best_step,
                 "evaluations": snap.evals_total,
-                "evals_since_best": snap.evals_since_best,
+                "evals_since_best": snap.evals_since_best if snap.evals_total else None,
                 "patience": settings.patience,
                 "plateau": plateau,
             },
@@ -144,17 +146,43 @@ def render_text(report: dict) -> str:
     return "\n".join(out)
 
 
+def inspected_logs(paths: list[str], configured: list[LogConfig], forced: str | None) -> list[LogConfig]:
+    """The logs to read: each path as the configured log of the same path is read, or else as
+    the config's one log is (so that a sample can be checked against a format and its patterns
+    before deploying), or else detected; ``forced`` (``--format``) overrides the format."""
+    by_path = {entry.path: entry for entry in configured}
+    logs = []
+    for path in paths:
+        model = by_path.get(path) or (configured[0] if len(configured) == 1 else None)
+        if model is None:
+            logs.append(LogConfig(path=path, format=forced or "auto"))
+        else:
+            logs.append(dataclasses.replace(model, path=path, format=forced or model.format,
+                                            source=model.source if model.path == path else None))
+    return logs
+
+
 def run_inspect(argv: list[str]) -> int:
     from .cli import USAGE_EXIT, _add_log_flags, _Parser, config_from_args
 
     parser = _Parser(prog="training-exporter inspect",
                      description="Read training logs offline and print what was understood.")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="log files, globs or directories")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="log files, globs or directories (default: the logs of --config); with "
+                             "--config, a path is read as the config reads it, or as its only log")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_log_flags(parser)
     args = parser.parse_args(argv)
-    config = config_from_args(args, args.paths)
-    missing = [p for p in args.paths if not os.path.exists(p) and not any(c in p for c in "*?[")]
+    if not args.paths and not args.config:
+        parser.error("give the logs to read: PATH..., or --config FILE")
+    config = config_from_args(args, None)
+    if args.paths:
+        config.logs = inspected_logs(args.paths, config.logs, args.format)
+        validate(config, f"{args.config} (with flags)" if args.config else "command line")
+    elif not config.logs:
+        parser.error(f"{args.config} has no logs: give PATH...")
+    paths = [entry.path for entry in config.logs]
+    missing = [p for p in paths if not os.path.exists(p) and not any(c in p for c in "*?[")]
     if missing:
         print(f"training-exporter inspect: error: no such file or directory: {missing[0]}", file=sys.stderr)
         return USAGE_EXIT

@@ -558,14 +558,26 @@ def test_fairseq_ignores_other_lines(line):
 # --------------------------------------------------------------------------- all dialects together
 
 
+# Lines a training script printed itself among a framework's output, each with the one dialect
+# that reads it: DeepSpeed's CIFAR-10 example prints its loss as PyTorch's tutorial does.
+SCRIPTS_OWN_LINES = {("deepspeed.log", "[1,   200] loss: 2.117"): "key_value"}
+# The general shapes, offered a line only when every trainer's own dialect passed on it
+# (AUTO_ORDER puts them last): a line its owner reads never reaches them.
+GENERAL_DIALECTS = ("table", "key_value")
+
+
 @pytest.mark.parametrize("fixture", sorted(OWNER))
 def test_no_dialect_claims_another_dialects_lines(fixture):
     """Every line of every fixture through every console parser: only the owner may find values
-    (or run facts) in it, and no other dialect may even call it a broken line of its own."""
+    (or run facts) in it, and no other dialect may even call it a broken line of its own; a
+    general dialect may read only lines that the owner does not."""
     for number, line in enumerate(fixture_lines(fixture), 1):
+        owner = SCRIPTS_OWN_LINES.get((fixture, line), OWNER[fixture])
+        owners_records = CONSOLE_FORMATS[owner]().parse(line) if owner else []
         for name, factory in CONSOLE_FORMATS.items():
-            if name == OWNER[fixture]:
-                factory().parse(line)  # the owner reads all of its own fixture without error
+            if name == owner:
+                continue  # the owner reads all of its own fixture without error (above)
+            if name in GENERAL_DIALECTS and any(r.values for r in owners_records):
                 continue
             try:
                 records = factory().parse(line)

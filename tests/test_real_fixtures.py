@@ -105,9 +105,10 @@ def test_keras_csv_na_and_list_cells():
     raw = lines("keras_training.csv")
     assert "NA" in raw[1] and '"""[' in raw[1]
     recs = feed(KerasCsv(), raw)
-    assert [(r.kind, r.step) for r in recs] == [
-        (Kind.TRAIN, 0), (Kind.TRAIN, 1), (Kind.EVAL, 1), (Kind.TRAIN, 2), (Kind.TRAIN, 3),
-        (Kind.EVAL, 3),
+    # No global step in the file: the epoch is each record's value, and no record has a step.
+    assert [(r.kind, r.step, r.values["epoch"]) for r in recs] == [
+        (Kind.TRAIN, None, 0), (Kind.TRAIN, None, 1), (Kind.EVAL, None, 1), (Kind.TRAIN, None, 2),
+        (Kind.TRAIN, None, 3), (Kind.EVAL, None, 3),
     ]
     assert recs[0].values == {"accuracy": 0.5416666865348816, "learning_rate": 0.009999999776482582,
                               "loss": 0.9606685042381287, "epoch": 0.0}

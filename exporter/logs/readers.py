@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .detect import format_by_name
+from .detect import format_by_content, format_by_name
 from .dialects import DialectChoice, dialects_for
 from .envelopes import Envelopes
 from .follow import Data, EndOfFile, FileFollower, Reset
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # (16 MiB is some 80,000 entries); an hparams.yaml a few kilobytes.
 MAX_DOCUMENT_BYTES = {"trainer_state": 16 << 20, "hparams": 256 << 10}
 EXAMPLES_KEPT = 5
+# Lines read, none of them understood, before the exporter says so in its own log: more than the
+# preamble a trainer prints before its first metrics (argument dumps, model summaries, warnings).
+NOT_UNDERSTOOD_LINES = 1000
+FIRST_NOT_UNDERSTOOD_SHOWN = 3
 # Records applied under one acquisition of the state's lock: few enough that a scrape waiting
 # for the lock waits milliseconds, many enough that the lock costs nothing per record.
 APPLY_BATCH = 256
@@ -82,6 +86,7 @@ class ReaderStats:
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: deque = field(default_factory=lambda: deque(maxlen=EXAMPLES_KEPT))
     ignored_examples: deque = field(default_factory=lambda: deque(maxlen=EXAMPLES_KEPT))
+    first_ignored: list = field(default_factory=list)  # the first lines not understood, for the warning
 
 
 class Reader:
@@ -171,6 +176,7 @@ class LineReader(Reader):
         self.scans_events = spec.format not in ("lightning_csv", "keras_csv", "csv", "jsonl") and \
             (spec.format not in ("auto", None) or by_name not in ("csv", "jsonl"))
         self._by_name = by_name
+        self._said_not_understood = False
         self._restart()
 
     def _restart(self) -> None:
@@ -223,12 +229,26 @@ class LineReader(Reader):
                 elif not records:
                     stats.ignored += 1
                     stats.ignored_examples.append(payload[:200])
+                    if len(stats.first_ignored) < FIRST_NOT_UNDERSTOOD_SHOWN:
+                        stats.first_ignored.append(payload[:200])
                     continue
                 pending += records
                 if len(pending) >= APPLY_BATCH:
                     self._apply_stretch(pending, rank, when)
                     pending = []
             self._apply_stretch(pending, rank, when)
+        if not self._said_not_understood and stats.ignored >= NOT_UNDERSTOOD_LINES \
+                and stats.ignored + stats.parse_errors >= stats.lines:
+            self._say_not_understood()
+
+    def _say_not_understood(self) -> None:
+        """Once per file: none of its many lines was understood (training_log_understood is 0)."""
+        self._said_not_understood = True
+        log.warning("source %r: none of the %d lines read from %s was understood (format %s); the first: %s. "
+                    "Check it with `training-exporter inspect %s`, then force a format (--format) or write a "
+                    "regex (format: regex); see the runbook of TrainingLogNotUnderstood",
+                    self.source, self.stats.lines, self.path, self.spec.format,
+                    " | ".join(map(repr, self.stats.first_ignored)), self.path)
 
     def _apply_stretch(self, records: list[Record], rank: str | None, when: float | None) -> None:
         if when is not None:  # the time a container runtime stamped on the line
@@ -341,7 +361,8 @@ class DocumentReader(Reader):
 
 
 def make_reader(path: str, source: str, sink: RecordSink, spec: LogSpec, max_line_bytes: int) -> Reader:
-    fmt = spec.format if spec.format not in ("auto", None) else (format_by_name(path) or "auto")
+    fmt = spec.format if spec.format not in ("auto", None) else \
+        (format_by_name(path) or format_by_content(path) or "auto")
     if fmt == "tensorboard":
         return TensorBoardReader(path, source, sink)
     if fmt in ("trainer_state", "hparams"):

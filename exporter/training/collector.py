@@ -34,10 +34,11 @@ class TrainingCollector(Collector):
         self.files = files
 
     def collect(self) -> Iterable[Family]:
-        yield from self._signal_families()
-        yield from self._file_families()
+        understood_sources: set[str] = set()  # sources of which something read became a record
+        yield from self._signal_families(understood_sources)
+        yield from self._file_families(understood_sources)
 
-    def _signal_families(self) -> Iterable[Family]:
+    def _signal_families(self, understood_sources: set[str]) -> Iterable[Family]:
         settings = self.states.settings
         dedicated = {name: Family(f"training_{name}", help_, GAUGE) for name, help_ in _DEDICATED_HELP.items()}
         step = Family("training_step", "Latest training step (iteration) the log reported.", GAUGE)
@@ -84,6 +85,8 @@ class TrainingCollector(Collector):
 
         for source, labels, rank, state in self.states.items():
             snap = state.snapshot()
+            if snap.last_record_time is not None or any(snap.events.values()):
+                understood_sources.add(source)
             src = (("source", source), *labels) if rank is None else (("source", source), *labels, ("rank", rank))
             for name in DEDICATED:
                 if name in snap.values:
@@ -112,7 +115,8 @@ class TrainingCollector(Collector):
                 best.add(src, snap.best)
                 if snap.best_step is not None:
                     best_step.add(src, snap.best_step)
-            since_best.add(src, snap.evals_since_best)
+            if snap.evals_total:  # before the first evaluation there is no "since best" to tell
+                since_best.add(src, snap.evals_since_best)
             evals.add(src, snap.evals_total)
             patience.add(src, settings.patience)
             if snap.loss_baseline is not None and math.isfinite(snap.loss_baseline):
@@ -135,7 +139,7 @@ class TrainingCollector(Collector):
                     best, best_step, since_best, evals, patience, baseline, spikes, loss_best, loss_since_best,
                     loss_epochs, loss_patience, hparam, hparam_info, dropped)
 
-    def _file_families(self) -> Iterable[Family]:
+    def _file_families(self, understood_sources: set[str]) -> Iterable[Family]:
         lines = Family("training_log_lines", "Lines (or binary records) read from the source's files.", COUNTER)
         errors = Family("training_log_parse_errors",
                         "Lines that belong to the format but could not be read (skipped).", COUNTER)
@@ -149,6 +153,10 @@ class TrainingCollector(Collector):
         read_errors = Family("training_log_read_errors",
                              "Times a file of the source became unreadable, by why (reason).", COUNTER)
         fmt = Family("training_log_format", "The format each of the source's files is read as.", INFO)
+        understood = Family("training_log_understood",
+                            "1 once a line read from the source became a record (values, a progress bar, run facts "
+                            "or an event); 0 while lines are read and none does. Absent before the first line.",
+                            GAUGE)
 
         totals: dict[str, dict] = {}
         for file in self.files():
@@ -170,6 +178,8 @@ class TrainingCollector(Collector):
             entry["formats"].add(file.format)
         for source, entry in sorted(totals.items()):
             src = (("source", source), *entry["labels"])
+            if entry["lines"]:
+                understood.add(src, 1 if source in understood_sources else 0)
             lines.add(src, entry["lines"])
             errors.add(src, entry["errors"])
             too_long.add(src, entry["too_long"])
@@ -182,4 +192,4 @@ class TrainingCollector(Collector):
             for reason, count in sorted(entry["read_errors"].items()):
                 read_errors.add((*src, ("reason", reason)), count)
             fmt.add((*src, ("format", ",".join(sorted(entry["formats"])))), 1)
-        yield from (lines, errors, too_long, read_bytes, resets, updated, up, read_errors, fmt)
+        yield from (lines, errors, too_long, read_bytes, resets, updated, up, read_errors, fmt, understood)

@@ -200,10 +200,14 @@ class SourceState:
             self._apply_progress_bar(record.progress, when)
 
         if kind is _SUMMARY:
-            # End-of-run aggregates (an average train_loss) must not pose as the current loss.
+            # End-of-run aggregates (an average train_loss) must not pose as the current loss,
+            # but a NaN among them was logged like any other and is counted under its own name.
             self._seq += 1
             for key, value in values.items():
-                self._set_latest(normalise("summary_" + key), value)
+                name = normalise("summary_" + key)
+                self._set_latest(name, value)
+                if value - value and not replay:
+                    self._count_nonfinite(name, step)
             return
         if step is not None:
             self._seen_explicit_step = True

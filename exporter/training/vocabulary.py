@@ -5,6 +5,10 @@ Frameworks disagree on names (``eval_loss``, ``val_loss``, ``val loss``, ``valid
 letters and digits folded to ``_``), so ``val loss``, ``val/loss`` and ``Val_Loss`` are one key.
 Users can add aliases in the config; every key that is not in the vocabulary is kept too, under
 its sanitised raw name.
+
+A key may name its split as one segment of a path (``metrics/eval/loss``, ``run/train/lr``,
+``Loss/val``): such a key is read as its last other segment, in its record's kind, where that
+is a canonical name of that split; the other segments are namespaces.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
 # canonical name through the record's kind. Keys are normalised first: "/" becomes "_".
 _VALIDATION_PREFIXES = tuple(dict.fromkeys(prefix.replace("/", "_") for prefix in VALIDATION_PREFIXES))
 _TRAIN_PREFIXES = tuple(dict.fromkeys(prefix.replace("/", "_") for prefix in TRAIN_PREFIXES))
+
+# Path segments that name the split a value was measured on (a test split is never validation).
+_TRAIN_SEGMENTS = frozenset({"train", "training"})
+_VALIDATION_SEGMENTS = frozenset({"eval", "evaluation", "val", "valid", "validation"})
+_SPLIT_SEGMENTS = _TRAIN_SEGMENTS | _VALIDATION_SEGMENTS
 
 _FOLD = re.compile(r"[^a-z0-9]+")
 # What normalise returns unchanged: lower-case letters and digits, single "_" between them.
@@ -73,10 +82,26 @@ class Vocabulary:
         if known is not None:
             return known
         result = self._lookup(normalise(raw_key), kind)
+        if "/" in raw_key and result not in self.canonical_names:
+            result = self._namespaced(raw_key, kind) or result
         if self._cached < 10_000 and len(raw_key) <= MAX_CACHED_KEY_LENGTH:
             cache[raw_key] = result
             self._cached += 1
         return result
+
+    def _namespaced(self, raw_key: str, kind: Kind) -> str | None:
+        """The canonical name of a key whose path names its split, or None. Of the canonical
+        names only the validation loss is measured on a validation split; the others (learning
+        rate, throughput...) are training's."""
+        segments = [normalise(segment) for segment in raw_key.split("/") if segment]
+        others = [segment for segment in segments if segment not in _SPLIT_SEGMENTS]
+        if len(others) == len(segments) or not others or "test" in segments:
+            return None
+        found = self._lookup(others[-1], kind)
+        validation = not _VALIDATION_SEGMENTS.isdisjoint(segments)
+        if found not in self.canonical_names or (found == "validation_loss") != validation:
+            return None
+        return found
 
     def _lookup(self, key: str, kind: Kind) -> str:
         if kind is Kind.EVAL:

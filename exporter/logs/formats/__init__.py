@@ -17,12 +17,17 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from .base import Event, Kind, ParseError, Record
+from .console_table import ConsoleTable
 from .csvlog import KerasCsv, LightningCsv
 from .deepspeed import DeepSpeed
 from .fairseq import Fairseq
 from .hf_console import HuggingFaceConsole
 from .jsonl import JsonLines
+from .keras_console import KerasConsole
+from .key_values import KeyValues
+from .lightning_console import LightningConsole
 from .megatron import Megatron
+from .mmengine import MMEngine
 from .nanogpt import NanoGPT
 from .torchtune import Torchtune
 
@@ -33,20 +38,28 @@ class LineFormat(Protocol):
     def parse(self, line: str) -> list[Record]: ...
 
 
-# The trainers' console dialects, each recognising its own lines only.
+# The console dialects, each recognising its own lines only: the trainers' own, then the
+# general shapes (a table, key/value text) that any script may print.
 CONSOLE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     "megatron": Megatron,
     "deepspeed": DeepSpeed,
     "fairseq": Fairseq,
     "torchtune": Torchtune,
     "nanogpt": NanoGPT,
+    "mmengine": MMEngine,
+    "keras": KerasConsole,
+    "lightning": LightningConsole,
     "huggingface": HuggingFaceConsole,
+    "table": ConsoleTable,
+    "key_value": KeyValues,
 }
 
 # The order in which a console log's line is tried by the dialects, after the one that read the
-# line before: the most specific first, so that a generic dialect (any JSON object) never claims
-# a line that a specific one understands.
-AUTO_ORDER = ("megatron", "deepspeed", "fairseq", "torchtune", "nanogpt", "jsonl", "huggingface")
+# line before: the most specific first, so that a generic dialect (any JSON object, any key/value
+# text) never claims a line that a specific one understands. Lightning's bars come before the
+# Hugging Face dialect, which would take their batch counts for the Trainer's steps.
+AUTO_ORDER = ("megatron", "deepspeed", "fairseq", "torchtune", "nanogpt", "mmengine", "keras", "lightning",
+              "jsonl", "huggingface", "table", "key_value")
 
 LINE_FORMATS: dict[str, Callable[[], LineFormat]] = {
     **CONSOLE_FORMATS,

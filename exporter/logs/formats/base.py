@@ -4,6 +4,7 @@ few rules about key names that every dialect shares."""
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -114,8 +115,29 @@ def is_eval_key(key: str) -> bool:
     return any(part in _EVAL_SEGMENTS or part.startswith(EVAL_PREFIXES) for part in lowered.split("/"))
 
 
+# Words that make a key a measured quantity (``val_loss``, ``train/acc``, ``top1_err``), as
+# opposed to a setting (``learning_rate``, ``batch_size``) or a count: what the generic dialects
+# (key/value text, console tables) require before they call a line metrics.
+MEASURED_WORDS = frozenset({
+    "loss", "nll", "acc", "accuracy", "ppl", "perplexity", "f1", "bleu", "rouge", "auc", "mae", "mse",
+    "rmse", "wer", "cer", "iou", "map", "precision", "recall", "reward", "err", "error", "top1", "top5",
+})
+_WORDS_OF_KEY = re.compile(r"[^a-z0-9]+")
+
+
+def is_measured_key(key: str) -> bool:
+    """``val_loss``, ``Acc``, ``eval/top1``: a key one of whose words names a measured quantity."""
+    return not MEASURED_WORDS.isdisjoint(_WORDS_OF_KEY.split(key.lower()))
+
+
 def is_neutral_key(key: str) -> bool:
     return key in NEUTRAL_KEYS or key[:1] == "_"  # "_step", "_runtime": a logger's bookkeeping
+
+
+def as_test_values(values: dict[str, float]) -> dict[str, float]:
+    """Values a log says were measured on the test split, under ``test/`` keys: evaluations that
+    never pose as the validation loss."""
+    return {key if is_neutral_key(key) else f"test/{key}": value for key, value in values.items()}
 
 
 _NEUTRAL, _EVALUATION, _TRAINING = "neutral", "evaluation", "training"

@@ -104,7 +104,8 @@ class LightningCsv(_CsvBase):
 class KerasCsv(_CsvBase):
     """Keras ``CSVLogger``: one row per epoch, ``NA`` for a missing value, ``"[...]"`` for lists.
 
-    The step is the epoch number as written (Keras counts from 0).
+    The file has no global step, so the records carry none: the epoch (as written, counted from
+    0) is a value, never passed off as the step.
     """
 
     name = "keras_csv"
@@ -114,7 +115,7 @@ class KerasCsv(_CsvBase):
         epoch_cell = row.get("epoch", "").strip()
         if not epoch_cell:
             raise ParseError("keras_csv: row without an epoch")
-        epoch = _step_from(epoch_cell, "epoch")
+        epoch = _step_from(epoch_cell, "epoch")  # a whole number, as Keras writes it
         values: dict[str, float] = {}
         for key, cell in row.items():
             cell = cell.strip()
@@ -126,7 +127,7 @@ class KerasCsv(_CsvBase):
         if not values:
             return []
         values["epoch"] = float(epoch)
-        return records_by_kind(values, epoch)
+        return records_by_kind(values)
 
 
 class CsvMetrics:

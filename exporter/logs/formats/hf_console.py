@@ -8,7 +8,26 @@ Two generations of the same line::
 The 4.x form is a Python repr, so it holds bare ``nan``/``inf`` (which ``ast.literal_eval``
 rejects) and, with numpy 2 or an unconverted tensor, ``np.float64(0.85)`` or
 ``tensor(1.2, device='cuda:0')``. The dict is written through tqdm, so when stdout and stderr
-share a file the training bar is often glued in front of it with no separator.
+share a file the training bar is often glued in front of it with no separator. The Trainer's
+bar has no description; a bar with one (``Map:``, ``Loading weights:``) is some other tqdm.
+
+A callback that also logs each logs dict (``logger.info(logs)``) prints it with full precision
+next to the Trainer's own 4-digit line: the second of two such neighbours is the same record,
+read once.
+
+The example scripts end with ``trainer.log_metrics`` blocks::
+
+    ***** eval metrics *****
+      epoch                   =        2.0
+      eval_loss               =     3.9167
+
+An ``eval`` (or ``test``, ``predict``) block is the evaluation that ``trainer.evaluate()`` ran,
+which the progress callback does not print (its bar is closed by then): its lines are read as
+evaluation values, at the precision of the Trainer's own dicts where those were printed with 4
+significant digits (the block prints more), so that the last evaluation is compared with the
+earlier ones like with like. The ``train`` block repeats the end-of-run dict printed just before it, and an
+``eval`` block that follows the evaluation's own dict (printed where ``disable_tqdm`` puts the
+printer callback in the bar's place) repeats that dict: neither is read again.
 """
 
 from __future__ import annotations
@@ -16,8 +35,10 @@ from __future__ import annotations
 import json
 import re
 
-from .base import ParseError, Record, kind_of, to_float
+from .base import Kind, ParseError, Record, kind_of, to_float
 from .events import MAX_LINE, parse_progress_bar
+
+_EVAL = Kind.EVAL
 
 # Keys the Trainer itself puts in its logs. A dict without any of them is some other print
 # (a config, a batch) and not this dialect's.
@@ -27,6 +48,11 @@ _MARKER_PREFIXES = ("eval_", "test_")
 # What may stand in front of the dict: tqdm's redraws, ending with the "[elapsed<left, rate]"
 # bracket. Anything else in front means the dict is quoted inside some other message.
 _BAR_TAIL = re.compile(r"\[[^\[\]]{0,200}(?:it/s|s/it|\?)[^\[\]]{0,200}\]\s*$")
+
+# trainer.log_metrics: "***** eval metrics *****", then "  eval_loss   =     3.9167" lines.
+_BLOCK_HEADER = re.compile(r"\*\*\*\*\* (\w{1,40}) metrics \*\*\*\*\*\s*$")
+_BLOCK_LINE = re.compile(r"([\w/.-]{1,200}) *= *(\S{1,64})$")
+_EVALUATION_BLOCKS = frozenset({"eval", "test", "predict"})
 
 # Wrappers a repr may put around a number: numpy scalars and tensors.
 _WRAPPED = re.compile(
@@ -38,14 +64,34 @@ _WRAPPED = re.compile(
 class HuggingFaceConsole:
     name = "huggingface"
 
+    def __init__(self) -> None:
+        # The last logs dict read, whether its numbers were quoted strings (transformers 5 prints
+        # 4 significant digits so) and whether it was an evaluation's: to tell the same dict
+        # printed twice, and a log_metrics block that repeats a dict.
+        self._previous: dict[str, float] | None = None
+        self._quoted = False
+        self._previous_eval = False
+        # Inside a log_metrics block: True when its lines are read, False when they repeat a dict.
+        self._block: bool | None = None
+
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
         start = _dict_start(line)
         if start < 0:
-            progress = parse_progress_bar(line)
-            # A bare progress bar still tells how far training is.
-            return [Record(progress=progress)] if progress is not None else []
+            # The Trainer's bar, "45%|...": its percentage first, as tqdm writes it (3 wide), with
+            # no description before it. Tested without a pattern: bars are half of a Trainer's
+            # lines. A bare bar still tells how far training is.
+            if "%|" in line[1:5]:
+                progress = parse_progress_bar(line)
+                return [Record(progress=progress)] if progress is not None else []
+            if self._block is not None or line[:6] == "***** ":
+                found = self._metrics_block(line)
+                if found is not None:
+                    return found
+            return []
+        if self._block is not None:
+            self._block = None
         if line[start + 1] == '"' and _is_json_object(line, start):
             return []  # JSON, not a Python repr: the Trainer's dict quotes its keys with '
         prefix = line[:start]
@@ -64,15 +110,43 @@ class HuggingFaceConsole:
                 return []
             keys = [key for key, _ in items]
             values = {key: value for key, raw in items if (value := _value(raw)) is not None}
+            quoted = any(raw[:1] in ("'", '"') and key in values for key, raw in items)
         else:
-            values, end = read
+            values, end, quoted = read
             keys = values
         if _MARKER_KEYS.isdisjoint(keys) and not any(key.startswith(_MARKER_PREFIXES) for key in keys):
             return []  # no key the Trainer writes: some other dict
         if line[end:]:
             # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
             progress = parse_progress_bar(line[end:]) or progress
-        return [_record(values, progress)]
+        record = _record(values, progress)
+        values = record.values
+        if quoted is not self._quoted and self._previous is not None \
+                and _printed_twice(self._previous, self._quoted, values, quoted):
+            self._previous = None
+            return [Record(progress=progress)]
+        self._previous, self._quoted, self._previous_eval = values, quoted, record.kind is _EVAL
+        return [record]
+
+    def _metrics_block(self, line: str) -> list[Record] | None:
+        """The records of a line of a ``log_metrics`` block (none for its header, for a block
+        that repeats a dict, and for a value that is not a number); None when the line is not
+        in a block."""
+        header = _BLOCK_HEADER.match(line)
+        if header is not None:
+            self._block = header.group(1) in _EVALUATION_BLOCKS and not self._previous_eval
+            self._previous = None
+            return []
+        found = _BLOCK_LINE.match(line)
+        if found is None:
+            self._block = None
+            return None
+        value = _number(found.group(2)) if self._block else None
+        if value is None:
+            return []
+        if self._quoted:
+            value = float(f"{value:.4g}")
+        return [Record(values={found.group(1): value}, kind=Kind.EVAL)]
 
 
 _json_decode = json.JSONDecoder().raw_decode
@@ -102,16 +176,17 @@ def _dict_start(line: str) -> int:
     return -1
 
 
-def _read_as_json(line: str, start: int) -> tuple[dict[str, float], int] | None:
+def _read_as_json(line: str, start: int) -> tuple[dict[str, float], int, bool] | None:
     """The common dict, read by the JSON decoder (in C): every value a number or a quoted number,
     no double quote or backslash anywhere, so that each single quote delimits a string and
-    swapping quotes makes it JSON. The values and the dict's end; None for any other dict, which
-    the general reader takes."""
+    swapping quotes makes it JSON. The values, the dict's end and whether a number was quoted;
+    None for any other dict, which the general reader takes."""
     if '"' in line or "\\" in line:
         return None
     try:
         obj, end = _json_decode(line.replace("'", '"'), start)
-        return {key: float(raw) for key, raw in obj.items()}, end
+        # Every value a number or a quoted one: a quoted one's item reads "'key': '".
+        return {key: float(raw) for key, raw in obj.items()}, end, line.find("': '", start, end) >= 0
     except (ValueError, TypeError, OverflowError, RecursionError, AttributeError):
         return None  # bare nan, True, None, a list, a tensor(...): the general reader's
 
@@ -122,6 +197,23 @@ def _value(raw: str) -> float | None:
         return float(raw[1:-1] if raw[:1] in ("'", '"') else raw)
     except ValueError:
         return _number(raw)
+
+
+def _printed_twice(before: dict[str, float], before_quoted: bool, after: dict[str, float], after_quoted: bool) -> bool:
+    """Whether two neighbouring dicts are one logs dict printed twice: once with its numbers in
+    full (a callback's own ``logger.info(logs)``), once as transformers 5's Trainer prints it,
+    every float a string of 4 significant digits (and without ``total_flos``). Two dicts printed
+    the same way are two records, however alike: a run of NaN steps prints alike."""
+    if before_quoted == after_quoted:
+        return False
+    short, full = (before, after) if before_quoted else (after, before)
+    if not short.keys() <= full.keys():
+        return False
+    for key, value in short.items():
+        number = full[key]
+        if not (value == number or value == float(f"{number:.4g}") or value != value and number != number):
+            return False
+    return True
 
 
 def _record(values: dict[str, float], progress: tuple[int, int] | None) -> Record:

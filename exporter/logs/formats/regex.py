@@ -4,19 +4,23 @@
                  r"eval at (?P<step>\\d+): (?P<val_loss>\\S+)"], ["train", "eval"])
 
 Group ``step`` becomes the record's step, every other named group a value (``epoch`` too),
-kept only when it reads as a number. The first pattern that matches a line decides it, so
-overlapping patterns never count a line twice. Patterns come from the user's config, so their
-cost is theirs; lines are still capped in length before they reach them.
+kept only when it reads as a number. A pattern's kind is ``auto`` unless it names one: each
+value's kind then follows from its name, as for every dialect (``base.records_by_kind``), so one
+pattern with ``loss`` and ``val_loss`` groups gives a training and an evaluation record. The
+first pattern that matches a line decides it, so overlapping patterns never count a line twice.
+Patterns come from the user's config, so their cost is theirs; lines are still capped in length
+before they reach them.
 """
 
 from __future__ import annotations
 
 import re
 
-from .base import Kind, ParseError, Record, to_float
+from .base import Kind, ParseError, Record, records_by_kind, to_float
 from .events import MAX_LINE
 
-_KINDS = {"train": Kind.TRAIN, "eval": Kind.EVAL, "summary": Kind.SUMMARY}
+# A pattern's kind; "auto" (None): each value's kind follows from its name.
+_KINDS = {"auto": None, "train": Kind.TRAIN, "eval": Kind.EVAL, "summary": Kind.SUMMARY}
 
 
 class RegexFormat:
@@ -29,7 +33,7 @@ class RegexFormat:
             raise ValueError(
                 f"regex format: {len(kind_by_pattern)} kinds given for {len(patterns)} patterns"
             )
-        self._rules: list[tuple[re.Pattern[str], Kind]] = []
+        self._rules: list[tuple[re.Pattern[str], Kind | None]] = []
         for index, pattern in enumerate(patterns):
             try:
                 compiled = re.compile(pattern)
@@ -40,9 +44,9 @@ class RegexFormat:
                 raise ValueError(
                     f"regex format: pattern {pattern!r} has no named group such as (?P<loss>...)"
                 )
-            kind_name = kind_by_pattern[index] if kind_by_pattern is not None else "train"
-            kind = _KINDS.get(str(kind_name).strip().lower())
-            if kind is None:
+            kind_name = str(kind_by_pattern[index] if kind_by_pattern is not None else "auto").strip().lower()
+            kind = _KINDS.get(kind_name)
+            if kind_name not in _KINDS:
                 raise ValueError(
                     f"regex format: kind {kind_name!r} for pattern {pattern!r} is not one of "
                     f"{', '.join(_KINDS)}"
@@ -60,7 +64,7 @@ class RegexFormat:
         return []
 
 
-def _record(match: re.Match[str], kind: Kind) -> list[Record]:
+def _record(match: re.Match[str], kind: Kind | None) -> list[Record]:
     step: int | None = None
     values: dict[str, float] = {}
     for name, text in match.groupdict().items():
@@ -75,6 +79,9 @@ def _record(match: re.Match[str], kind: Kind) -> list[Record]:
             continue  # not a number: skipped, as promised
     if step is None and not values:
         return []
+    if kind is None:
+        # A line of values that only say when (an epoch) still says where training is.
+        return records_by_kind(values, step) or [Record(values=values, step=step)]
     return [Record(values=values, kind=kind, step=step)]
 
 

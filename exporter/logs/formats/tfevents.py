@@ -215,6 +215,12 @@ def _summary_values(buf: bytes) -> dict[str, float]:
     return values
 
 
+# The end-of-run aggregates that Hugging Face's TensorBoard callback writes under "train/" (its
+# logs dict's keys, namespaced): the whole run's mean loss must not replace the last training loss.
+_SUMMARY_TAGS = frozenset({"train/train_loss", "train/train_runtime", "train/train_samples_per_second",
+                           "train/train_steps_per_second", "train/total_flos"})
+
+
 def decode_event(data: bytes) -> Record | None:
     """One serialized Event -> a Record of its scalars, or None when it has none."""
     wall_time, step, summary = None, 0, None  # proto3 leaves step 0 out of the wire
@@ -230,7 +236,8 @@ def decode_event(data: bytes) -> Record | None:
     values = _summary_values(summary)
     if not values:
         return None
-    kind = Kind.EVAL if all(map(is_eval_key, values)) else Kind.TRAIN
+    kind = Kind.SUMMARY if _SUMMARY_TAGS.issuperset(values) else Kind.EVAL if all(map(is_eval_key, values)) \
+        else Kind.TRAIN
     if wall_time is not None and not math.isfinite(wall_time):
         wall_time = None
     return Record(values=values, kind=kind, step=step, wall_time=wall_time)
