@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # SIGTERM must end the process within a second; this is what stopping may take of it.
 STOP_SECONDS = 0.5
+# How long a scrape waits for the lines written before it to be read: enough for a poll
+# interval's worth of lines at thousands of lines a second; a backlog beyond it is read later.
+CATCH_UP_SECONDS = 0.25
 
 
 def log_specs(config: Config) -> list[LogSpec]:
@@ -53,7 +56,9 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     enabled = config.collectors
     collectors: list[Collector] = []
     if enabled.get("training", True):
-        collectors.append(TrainingCollector(reading.states, reading.follower.files))
+        follower = reading.follower
+        collectors.append(TrainingCollector(reading.states, follower.files,
+                                            catch_up=lambda: follower.catch_up(CATCH_UP_SECONDS)))
     gpu = None
     if enabled.get("gpu", True):
         from .hardware.gpu import GpuCollector

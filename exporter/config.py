@@ -51,9 +51,10 @@ class WebConfig:
 
 @dataclass
 class FollowConfig:
-    # A log is read at most this often: the writes in between are read together (with inotify),
-    # or the logs are polled this often (without it). The longest a written line waits.
-    poll_interval_seconds: float = 0.2
+    # A log is read at most this often between scrapes: the writes in between are read together
+    # (with inotify), or the logs are polled this often (without it). A scrape reads what was
+    # written before it at once, so this bounds only how stale the state grows between scrapes.
+    poll_interval_seconds: float = 1.0
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20
     retire_after_seconds: float = 300.0  # a file gone this long is let go, its series with it

@@ -53,6 +53,21 @@ def test_endpoints_and_live_values(tmp_path, exporter_process):
     assert value(m, "training_value", source=src, key="accuracy") == 0.5
 
 
+def test_a_scrape_shows_every_line_written_before_it_whatever_the_poll_interval(tmp_path, exporter_process):
+    """Between scrapes the follower reads at most once per poll interval (30 s here); a scrape
+    reads what was written before it at once, so nothing it returns is stale."""
+    log = tmp_path / "train.jsonl"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"logs:\n  - path: {log}\nfollow:\n  poll_interval_seconds: 30\n")
+    append(log, jsonl(step=1, loss=2.5))
+    exporter = exporter_process("--config", str(config), *HW_OFF)
+    for step in range(2, 6):
+        append(log, jsonl(step=step, loss=2.5 - step / 10))
+        m = exporter.metrics()  # the first scrape after the write, no waiting
+        assert value(m, "training_step", source="train.jsonl") == step
+        assert value(m, "training_log_lines_total", source="train.jsonl") == step
+
+
 def test_gzip_when_asked(tmp_path, exporter_process):
     log = tmp_path / "train.jsonl"
     append(log, jsonl(step=1, loss=1.0))

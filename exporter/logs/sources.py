@@ -97,11 +97,13 @@ class LogFollower:
 
     Reading is rate-limited to once per ``poll_interval``: writes that come closer together are
     read together, so a trainer's many small writes (a progress bar redrawn ten times a second)
-    cost one wake-up per interval, and a line waits at most that long to be read.
+    cost one wake-up per interval. A scrape does not wait for the interval: ``catch_up`` reads
+    what was written before it at once, so /metrics always shows every line written before the
+    scrape, and the interval only bounds how stale the state may grow between scrapes.
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
-                 poll_interval: float = 0.2, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
+                 poll_interval: float = 1.0, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
         self.specs = specs
         self.sink = sink
         self.max_line_bytes = max_line_bytes
@@ -116,6 +118,9 @@ class LogFollower:
         self._log_directories: set[str] = set()  # where the followed files are written
         self._waker = Waker()
         self._stop = threading.Event()
+        self._asked = threading.Event()  # a scrape waits for what was written before it
+        self._passes = threading.Condition()
+        self._passes_started = self._passes_finished = 0
         self._thread: threading.Thread | None = None
         self._scanned_once = False
         self._last_scan = 0.0
@@ -264,8 +269,20 @@ class LogFollower:
         self._thread = threading.Thread(target=self._run, name="log-follower", daemon=True)
         self._thread.start()
 
+    def catch_up(self, timeout: float) -> None:
+        """Return once everything written before the call has been read, or after ``timeout``:
+        a pass of the follower that starts after now has finished."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        with self._passes:
+            ticket = self._passes_started + 1
+            self._asked.set()
+            self._waker.interrupt()
+            self._passes.wait_for(lambda: self._passes_finished >= ticket or self._stop.is_set(), timeout)
+
     def stop(self) -> None:
         self._stop.set()
+        self._asked.set()
         self._waker.interrupt()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -278,6 +295,10 @@ class LogFollower:
         last_poll = last_sweep = 0.0
         names_changed = False
         while not self._stop.is_set():
+            with self._passes:
+                self._passes_started += 1
+                this_pass = self._passes_started
+                self._asked.clear()
             try:
                 now = time.monotonic()
                 to_poll: set[Reader] = set()
@@ -306,23 +327,28 @@ class LogFollower:
                 self._stop.wait(self.poll_interval)
                 changed = None
                 continue
+            finally:
+                with self._passes:
+                    self._passes_finished = this_pass
+                    self._passes.notify_all()
             if not self.ready:
                 changed = None
                 continue  # a backlog is waiting: keep reading
             changed = self._wait(last_poll)
 
     def _wait(self, last_poll: float) -> Changes:
-        """The changes to read next. A poll interval passes since the last read (what is written
-        meanwhile is read together, one wake-up for many writes); then what changed is taken, or,
-        when nothing did, waited for (an idle exporter sleeps until a write, which is then read at
-        once). Without inotify, the interval alone."""
+        """The changes to read next. A poll interval passes since the last read, or less when a
+        scrape asks (what is written meanwhile is read together, one wake-up for many writes);
+        then what changed is taken, or, when nothing did, waited for (an idle exporter sleeps
+        until a write, which is then read at once). Without inotify, the interval alone."""
         rest = last_poll + self.poll_interval - time.monotonic()
-        if rest > 0 and self._stop.wait(rest):
+        if rest > 0 and self._asked.wait(rest) and self._stop.is_set():
             return Changes()
         if not self._waker.uses_inotify:
             return Changes()
         changed = self._waker.wait(0)
-        if not (changed.paths or changed.everything or changed.names):
+        # A scrape's wake-up may have been taken just now: asked is set before it is sent.
+        if not (changed.paths or changed.everything or changed.names or self._asked.is_set()):
             changed = self._waker.wait(max(0.0, self._last_scan + self.rescan_interval - time.monotonic()))
         return changed
 

@@ -29,11 +29,15 @@ _DEDICATED_HELP = {
 class TrainingCollector(Collector):
     name = "training"
 
-    def __init__(self, states: TrainingStates, files: Callable[[], list[FileStatus]]) -> None:
+    def __init__(self, states: TrainingStates, files: Callable[[], list[FileStatus]],
+                 catch_up: Callable[[], None] | None = None) -> None:
         self.states = states
         self.files = files
+        self.catch_up = catch_up  # reads what the logs said up to now, before a scrape
 
     def collect(self) -> Iterable[Family]:
+        if self.catch_up is not None:
+            self.catch_up()
         understood_sources: set[str] = set()  # sources of which something read became a record
         yield from self._signal_families(understood_sources)
         yield from self._file_families(understood_sources)
