@@ -4,7 +4,9 @@ It is found, in this order of priority, by a PID file, by a regular expression o
 lines (the oldest match, never the exporter itself or the processes that launched it), or as a
 process NVML sees on a GPU (the oldest). Discovery runs on every collect but stays cheap: the PID file is one small read, and
 the command-line scan only runs when the process followed so far has gone. When nothing is
-found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing.
+found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing. In
+DaemonSet mode the series of the process found (all but ``training_process_up``) carry its pod's
+``namespace`` and ``pod``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from prometheus_client.metrics_core import Metric
 
 from ..collector_base import Collector
 from ._families import Families
+from .pod_processes import ProcessPods
 
 log = logging.getLogger(__name__)
 
 G, C = "gauge", "counter"
 SPECS = {
     "training_process_up": (G, "1 while a training process is found and running, else 0."),
-    "training_process_info": (G, "The process followed; value 1. Labels: pid, name, source (pid_file, cmdline or gpu)."),
+    "training_process_info": (G, "The process followed; value 1. Labels: pid, name, source (pid_file, cmdline or gpu); "
+                                 "in DaemonSet mode every series of the process also has namespace and pod."),
     "training_process_start_time_seconds": (G, "Unix time the training process started."),
     "training_process_resident_memory_bytes": (G, "Resident memory (RSS) of the training process."),
     "training_process_cpu_seconds_total": (C, "CPU time of the training process by mode (user, system)."),
@@ -43,13 +47,14 @@ class ProcessCollector(Collector):
     name = "process"
 
     def __init__(self, pid_file: str | None = None, cmdline_pattern: str | None = None,
-                 gpu_pids: Callable[[], set[int]] | None = None) -> None:
+                 gpu_pids: Callable[[], set[int]] | None = None, pods: ProcessPods | None = None) -> None:
         try:
             self._pattern = re.compile(cmdline_pattern) if cmdline_pattern else None
         except re.error as exc:
             raise ValueError(f"invalid cmdline pattern {cmdline_pattern!r}: {exc}") from None
         self.pid_file = pid_file
         self._gpu_pids = gpu_pids
+        self._pods = pods  # in DaemonSet mode: the process's pod labels its series
         # GPU PIDs none of which could be found: in a sidecar without a shared PID namespace
         # NVML's PIDs are the host's, never to be seen; not looked up again while they stay.
         self._unseen_gpu_pids: frozenset[int] = frozenset()
@@ -67,8 +72,9 @@ class ProcessCollector(Collector):
                 self._proc = None
         fam = Families(SPECS)
         fam.add("training_process_up", 1 if readings is not None else 0)
+        pod = self._pods.labels(proc.pid) if self._pods is not None and readings is not None else {}
         for name, labels, value in readings or ():
-            fam.add(name, value, labels)
+            fam.add(name, value, {**labels, **pod})
         return list(fam)
 
     # -- discovery
