@@ -18,12 +18,10 @@ from __future__ import annotations
 import math
 import re
 
-from collections import Counter
 from typing import Callable, NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, CONTENT_TYPE_PLAIN_1_0_0
-from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
@@ -145,24 +143,8 @@ class _Fixed:
 
 
 def render_openmetrics(registry: CollectorRegistry) -> bytes:
-    """OpenMetrics 1.0.0, by prometheus_client's writer (it ends with ``# EOF``).
-
-    OpenMetrics names an info family without its ``_info`` suffix, so an info family can take
-    the name of another family (``training_hparam`` is both a gauge and, for text values, an
-    info family): OpenMetrics parsers refuse a name given twice. Such an info family is written
-    as what the text format makes of it, a gauge named with ``_info``: the same series either way.
-    """
-    metrics = list(registry.collect())
-    names = Counter(metric.name for metric in metrics)
-    return openmetrics.generate_latest(_Fixed([
-        _info_as_gauge(metric) if metric.type == "info" and names[metric.name] > 1 else metric
-        for metric in metrics]))
-
-
-def _info_as_gauge(metric: Metric) -> Metric:
-    gauge = Metric(metric.name + "_info", metric.documentation, "gauge")
-    gauge.samples = list(metric.samples)
-    return gauge
+    """OpenMetrics 1.0.0, by prometheus_client's writer (it ends with ``# EOF``)."""
+    return openmetrics.generate_latest(registry)
 
 
 class Format(NamedTuple):
