@@ -1,13 +1,16 @@
 """Scrape latency: GET /metrics of the exporter (8 fake GPUs, host and process metrics, a few
 hundred training series) against prometheus-node-exporter, scraped in the same run.
 
-    python benchmarks/bench_scrape.py [--scrapes 1000] [--gpus 8]
+    python benchmarks/bench_scrape.py [--scrapes 1000] [--gpus 8] [--accept text|openmetrics]
 
 Both are scraped the way Prometheus does it (Accept-Encoding: gzip, one scrape at a time), in
 turn, in two ways: over one connection kept open, as Prometheus keeps its connection to a target,
 and on a new connection per scrape (which adds the connection's set-up and, for the exporter, a
 new thread). A scrape is timed from sending the request to the last byte of the body. Prints a
-markdown table: series, body size, p50, p90, p99, max.
+markdown table: series, body size, p50, p90, p99, max. ``--accept`` sends the Accept header of
+Prometheus with the text format (the default) or of Prometheus asking for OpenMetrics first, as it
+does by default; each exporter answers in what it offers (node_exporter's text format unless it
+was started with OpenMetrics on).
 """
 
 from __future__ import annotations
@@ -29,8 +32,12 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
 
 from bench_hardware import h100  # noqa: E402
 
-HEADERS = {"Accept": "text/plain;version=0.0.4;q=0.9,*/*;q=0.1", "Accept-Encoding": "gzip",
-           "User-Agent": "Prometheus/2.53.0"}
+ACCEPT = {
+    "text": "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
+    "openmetrics": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                   "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+}
+HEADERS = {"Accept": ACCEPT["text"], "Accept-Encoding": "gzip", "User-Agent": "Prometheus/2.53.0"}
 
 
 def free_port() -> int:
@@ -72,11 +79,18 @@ def wait_until_up(port: int, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{proc.args[0]} did not come up")
 
 
-def series(body: bytes) -> int:
+def text_of(body: bytes) -> str:
     import gzip
 
-    text = gzip.decompress(body).decode() if body[:2] == b"\x1f\x8b" else body.decode()
-    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return gzip.decompress(body).decode() if body[:2] == b"\x1f\x8b" else body.decode()
+
+
+def series(body: bytes) -> int:
+    return sum(1 for line in text_of(body).splitlines() if line and not line.startswith("#"))
+
+
+def format_of(body: bytes) -> str:
+    return "OpenMetrics" if text_of(body).endswith("# EOF\n") else "text"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,7 +116,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scrapes", type=int, default=1000)
     parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--accept", choices=sorted(ACCEPT), default="text",
+                        help="the format Prometheus asks for (its Accept header)")
     args = parser.parse_args()
+    HEADERS["Accept"] = ACCEPT[args.accept]
     node_exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if not node_exporter:
         print("prometheus-node-exporter is not installed (apt-get install -y prometheus-node-exporter)",
@@ -147,16 +164,18 @@ def main() -> int:
             proc.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.scrapes} scrapes each, alternating")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.scrapes} scrapes each, alternating, "
+          f"Accept: {HEADERS['Accept']}")
     print()
-    print("| exporter | connection | series | body (gzip) | p50 | p90 | p99 | max |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| exporter | connection | format | series | body (gzip) | p50 | p90 | p99 | max |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ms = lambda v: f"{v * 1000:.2f} ms"  # noqa: E731
     for keep in (True, False):
         for name, port in ((f"training-exporter ({args.gpus} fake GPUs, host, process, training)", ours_port),
                            ("prometheus-node-exporter (default collectors)", theirs_port)):
             values = timings[(port, keep)]
-            print(f"| {name} | {'kept open' if keep else 'new per scrape'} | {series(bodies[port])} | "
+            print(f"| {name} | {'kept open' if keep else 'new per scrape'} | {format_of(bodies[port])} | "
+                  f"{series(bodies[port])} | "
                   f"{len(bodies[port]) / 1024:.1f} KiB | {ms(statistics.median(values))} | {ms(percentile(values, 0.9))} | "
                   f"{ms(percentile(values, 0.99))} | {ms(max(values))} |")
     return 0

@@ -12,6 +12,7 @@ from . import runtime
 from .collector_base import Collector
 from .config import Config
 from .guard.collector import GuardCollector
+from .logs.pods import PodLogs
 from .logs.sources import LogFollower, LogSpec
 from .registry import build_registry
 from .server import MetricsServer
@@ -30,9 +31,14 @@ CATCH_UP_SECONDS = 0.25
 
 
 def log_specs(config: Config) -> list[LogSpec]:
-    return [LogSpec(path=entry.path, format=entry.format, source=entry.source,
-                    patterns=tuple((p.pattern, p.kind) for p in entry.patterns))
-            for entry in config.logs]
+    specs = [LogSpec(path=entry.path, format=entry.format, source=entry.source,
+                     patterns=tuple((p.pattern, p.kind) for p in entry.patterns))
+             for entry in config.logs]
+    pods = config.pods
+    if pods is not None:
+        specs.append(PodLogs(path=pods.path, format=pods.format, namespaces=tuple(pods.namespaces),
+                             pod_pattern=pods.pod_pattern, containers=tuple(pods.containers)))
+    return specs
 
 
 class LogReading:
@@ -55,6 +61,11 @@ class LogReading:
 def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     enabled = config.collectors
     collectors: list[Collector] = []
+    pods = None
+    if config.pods is not None:
+        from .hardware.pod_processes import ProcessPods
+
+        pods = ProcessPods(config.pods.path, config.pods.procfs)
     if enabled.get("training", True):
         follower = reading.follower
         collectors.append(TrainingCollector(reading.states, follower.files,
@@ -63,7 +74,7 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     if enabled.get("gpu", True):
         from .hardware.gpu import GpuCollector
 
-        gpu = GpuCollector(poll_interval=config.gpu.poll_interval_seconds)
+        gpu = GpuCollector(poll_interval=config.gpu.poll_interval_seconds, pods=pods)
         collectors.append(gpu)
     if enabled.get("host", True):
         from .hardware.host import HostCollector
@@ -80,7 +91,7 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
         gpu_pids=gpu.gpu_pids if (gpu is not None and config.process.from_gpu) else None,
     )
     if enabled.get("process", True):
-        collectors.append(ProcessCollector(finder=finder))
+        collectors.append(ProcessCollector(finder=finder, pods=pods))
     if config.guard is not None:
         from .guard.core import Guard
 
@@ -153,7 +164,8 @@ def serve(config: Config, on_started=None) -> int:
     host, port = exporter.server.httpd.server_address[:2]
     host = f"[{host}]" if ":" in host else host or "0.0.0.0"
     scheme = "https" if exporter.server.httpd.tls else "http"
-    log.info("listening on %s://%s:%d; following %d log path(s)", scheme, host, port, len(config.logs))
+    pods = f" and the pods' logs under {config.pods.path}" if config.pods is not None else ""
+    log.info("listening on %s://%s:%d; following %d log path(s)%s", scheme, host, port, len(config.logs), pods)
     if on_started is not None:
         on_started(exporter)
     runtime.wait_for(stopping)

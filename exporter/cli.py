@@ -16,7 +16,8 @@ import sys
 
 from . import __version__
 from .config import COLLECTORS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, DivergenceRuleConfig, GuardConfig, \
-    GuardWebhookConfig, LogConfig, NonFiniteRuleConfig, PlateauRuleConfig, StallRuleConfig, load_file, validate
+    GuardWebhookConfig, LogConfig, NonFiniteRuleConfig, PlateauRuleConfig, PodsConfig, StallRuleConfig, load_file, \
+    validate
 from .logformat import FORMATTERS
 from .logs.formats import ALL_FORMATS
 
@@ -82,6 +83,15 @@ def _serve_parser(prog: str) -> argparse.ArgumentParser:
                         help="file holding the training process's PID")
     parser.add_argument("--process.cmdline-pattern", dest="cmdline_pattern", metavar="REGEX",
                         help="find the training process by its command line")
+    # DaemonSet mode: any of these turns it on.
+    parser.add_argument("--pods.path", dest="pods_path", metavar="PATH",
+                        help="follow the kubelet's container logs under PATH (default /var/log/pods)")
+    parser.add_argument("--pods.namespace", dest="pods_namespaces", action="append", metavar="NAME",
+                        help="only pods in this namespace (repeatable; default every namespace)")
+    parser.add_argument("--pods.pod-pattern", dest="pods_pod_pattern", metavar="REGEX",
+                        help="only pods whose whole name this regular expression matches")
+    parser.add_argument("--pods.container", dest="pods_containers", action="append", metavar="NAME",
+                        help="only containers of this name (repeatable; default every container)")
     _add_guard_flags(parser)
     return parser
 
@@ -190,9 +200,18 @@ def config_from_args(args: argparse.Namespace, logs: list[str] | None) -> Config
         config.process.pid_file = args.pid_file
     if getattr(args, "cmdline_pattern", None):
         config.process.cmdline_pattern = args.cmdline_pattern
+    _apply_pods(config, args)
     _apply_guard(config, args)
     validate(config, "command line" if not args.config else f"{args.config} (with flags)")
     return config
+
+
+def _apply_pods(config: Config, args: argparse.Namespace) -> None:
+    flags = {"path": getattr(args, "pods_path", None), "namespaces": getattr(args, "pods_namespaces", None),
+             "pod_pattern": getattr(args, "pods_pod_pattern", None), "containers": getattr(args, "pods_containers", None)}
+    given = {key: value for key, value in flags.items() if value is not None}
+    if given:
+        config.pods = dataclasses.replace(config.pods or PodsConfig(), **given)
 
 
 def _setup_logging(level: str, form: str = "logfmt") -> None:
@@ -217,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(argv)
         args = _serve_parser("training-exporter").parse_args(argv)
         config = config_from_args(args, args.log)
-        if not config.logs and config.collectors.get("training", True):
-            print("training-exporter: error: no logs to follow: give --log PATH or 'logs' in --config "
-                  "(or --no-collector.training to serve hardware metrics only)", file=sys.stderr)
+        if not config.logs and config.pods is None and config.collectors.get("training", True):
+            print("training-exporter: error: no logs to follow: give --log PATH, --pods.namespace NAME (or "
+                  "another --pods flag) or 'logs' in --config (or --no-collector.training to serve hardware "
+                  "metrics only)", file=sys.stderr)
             return USAGE_EXIT
         _setup_logging(config.log_level, config.log_format)
         from .app import serve

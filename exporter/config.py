@@ -44,6 +44,18 @@ class LogConfig:
 
 
 @dataclass
+class PodsConfig:
+    """DaemonSet mode: the kubelet's logs of the containers picked (see exporter/logs/pods.py)."""
+
+    path: str = "/var/log/pods"  # the kubelet's pod log directory
+    namespaces: list[str] = field(default_factory=list)  # empty: every namespace
+    pod_pattern: str | None = None  # a regular expression the whole pod name must match
+    containers: list[str] = field(default_factory=list)  # empty: every container
+    format: str = "auto"
+    procfs: str = "/proc"  # where the node's processes are seen (hostPID), to find a GPU process's pod
+
+
+@dataclass
 class WebConfig:
     listen_address: str = ":9945"
     config_file: str | None = None  # TLS and basic auth, exporter-toolkit's format (webconfig.py)
@@ -127,6 +139,7 @@ class GuardConfig:
 @dataclass
 class Config:
     logs: list[LogConfig] = field(default_factory=list)
+    pods: PodsConfig | None = None
     web: WebConfig = field(default_factory=WebConfig)
     log_level: str = "info"
     log_format: str = "logfmt"
@@ -357,9 +370,7 @@ def validate(config: Config, filename: str) -> None:
             raise ConfigError(f"{filename}: unknown collector 'collectors.{name}' (expected one of: {', '.join(COLLECTORS)})")
     for i, entry in enumerate(config.logs):
         where = f"logs[{i}]"
-        if entry.format not in ("auto", *ALL_FORMATS):
-            raise ConfigError(f"{filename}: {where}.format: unknown format {entry.format!r} "
-                              f"(expected auto or one of: {', '.join(ALL_FORMATS)})")
+        _check_format(entry.format, filename, f"{where}.format")
         if entry.format == "regex" and not entry.patterns:
             raise ConfigError(f"{filename}: {where}.patterns: format regex needs at least one pattern")
         if entry.patterns and entry.format != "regex":
@@ -374,6 +385,8 @@ def validate(config: Config, filename: str) -> None:
             if not compiled.groupindex:
                 raise ConfigError(f"{filename}: {where}.patterns[{j}]: the pattern has no named group "
                                   "such as (?P<loss>...)")
+    if config.pods is not None:
+        _validate_pods(config.pods, filename)
     s = config.signals
     if s.mode not in ("min", "max"):
         raise ConfigError(f"{filename}: signals.mode: expected min or max, got {s.mode!r}")
@@ -392,10 +405,7 @@ def validate(config: Config, filename: str) -> None:
         raise ConfigError(f"{filename}: vocabulary.{unknown[0]}: not a canonical name "
                           f"(expected one of: {', '.join(DEFAULT_ALIASES)})")
     if config.process.cmdline_pattern:
-        try:
-            re.compile(config.process.cmdline_pattern)
-        except re.error as error:
-            raise ConfigError(f"{filename}: process.cmdline_pattern: invalid regular expression: {error}") from None
+        _check_regex(config.process.cmdline_pattern, filename, "process.cmdline_pattern")
     if config.guard is not None:
         _validate_guard(config, filename)
 
@@ -431,3 +441,27 @@ def _validate_guard(config: Config, filename: str) -> None:
     if not (config.web.config_file and requires_credentials(load_web_config(config.web.config_file))):
         raise ConfigError(f"{filename}: guard.webhook: needs credentials: a web config (web.config_file) with "
                           "basic_auth_users or client certificates (client_auth_type)")
+
+
+def _check_format(fmt: str, filename: str, key: str) -> None:
+    if fmt not in ("auto", *ALL_FORMATS):
+        raise ConfigError(f"{filename}: {key}: unknown format {fmt!r} "
+                          f"(expected auto or one of: {', '.join(ALL_FORMATS)})")
+
+
+def _check_regex(pattern: str, filename: str, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(f"{filename}: {key}: invalid regular expression: {error}") from None
+
+
+def _validate_pods(pods: PodsConfig, filename: str) -> None:
+    _check_format(pods.format, filename, "pods.format")
+    if pods.pod_pattern is not None:
+        _check_regex(pods.pod_pattern, filename, "pods.pod_pattern")
+    for key in ("namespaces", "containers"):
+        for i, name in enumerate(getattr(pods, key)):
+            # A namespace or container name is a DNS label: "_" and "/" would never match a directory.
+            if not name or "_" in name or "/" in name:
+                raise ConfigError(f"{filename}: pods.{key}[{i}]: expected a {key[:-1]} name, got {name!r}")

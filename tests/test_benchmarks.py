@@ -56,10 +56,12 @@ def test_bench_overhead_measures_cpu_and_memory():
 
 
 @pytest.mark.skipif(not shutil.which("prometheus-node-exporter"), reason="prometheus-node-exporter is not installed")
-def test_bench_scrape_against_node_exporter():
-    rows = run_benchmark("bench_scrape.py", "--scrapes", "5", "--gpus", "2")
+@pytest.mark.parametrize("accept, answered", [("text", "text"), ("openmetrics", "OpenMetrics")])
+def test_bench_scrape_against_node_exporter(accept, answered):
+    rows = run_benchmark("bench_scrape.py", "--scrapes", "5", "--gpus", "2", "--accept", accept)
     assert [row[1] for row in rows] == ["kept open", "kept open", "new per scrape", "new per scrape"]
-    assert all(number(row[2]) > 100 and number(row[5]) > 0 for row in rows)
+    assert [row[2] for row in rows if row[0].startswith("training-exporter")] == [answered, answered]
+    assert all(number(row[3]) > 100 and number(row[6]) > 0 for row in rows)
 
 
 @pytest.mark.skipif(not shutil.which("mtail"), reason="mtail is not installed")

@@ -43,11 +43,12 @@ def tool(name: str) -> str:
     return found
 
 
-def assert_exporter_arguments(argv: list[str]) -> None:
+def assert_exporter_arguments(argv: list[str]):
     """The arguments a deployment passes the exporter are ones its command line accepts."""
     args = _serve_parser("training-exporter").parse_args(argv)
     config = config_from_args(args, args.log)
-    assert config.logs or "--no-collector.training" in argv, argv
+    assert config.logs or config.pods is not None or "--no-collector.training" in argv, argv
+    return config
 
 
 # ---- the container image -----------------------------------------------------------------------
@@ -395,6 +396,44 @@ def test_classic_two_container_form(tmp_path, operator_models):
     assert f"touch {marker}" in trainer["args"][0]
     assert script.rstrip().endswith("exit 0")
     assert_exporter_arguments(exporter["args"])
+
+
+def test_daemonset_component(tmp_path, operator_models):
+    docs = kustomize(tmp_path, "daemonset", "kube-prometheus-stack")
+    validate(docs, ["1.25.0", kubernetes_validate.latest_version()], operator_models)
+    kinds = by_kind(docs)
+    assert sorted(kinds) == ["ConfigMap", "DaemonSet", "PodMonitor", "PrometheusRule"]  # no example Job
+    pod = kinds["DaemonSet"]["spec"]["template"]
+    spec = pod["spec"]
+    [exporter] = spec["containers"]
+    assert spec["hostPID"] is True  # a GPU process's cgroup names its pod
+    assert exporter["image"] == "registry.example.com/training-exporter:0.1.0"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert exporter["resources"]["requests"] and exporter["resources"]["limits"]
+    security = exporter["securityContext"]
+    assert (security["readOnlyRootFilesystem"], security["allowPrivilegeEscalation"]) == (True, False)
+    assert security["capabilities"]["drop"] == ["ALL"] and "add" not in security["capabilities"]
+
+    # The kubelet's log root, read-only from the node, is where the exporter looks for the pods' logs.
+    config = assert_exporter_arguments(exporter["args"])
+    [volume] = spec["volumes"]
+    [mount] = exporter["volumeMounts"]
+    assert volume["hostPath"] == {"path": "/var/log/pods", "type": "Directory"}
+    assert mount["name"] == volume["name"] and mount["readOnly"] is True
+    assert config.pods.path == mount["mountPath"] and config.pods.namespaces and config.pods.containers
+    assert config.pods.procfs == "/proc"  # the node's, with hostPID
+    assert {exporter[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")} == \
+        {"/-/ready", "/-/healthy"}
+
+    # The PodMonitor scrapes the DaemonSet's pods, keeping the namespace and pod the series carry.
+    monitor = kinds["PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert "jobLabel" not in monitor["spec"]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["honorLabels"]) == ("metrics", True)
+    assert [port["name"] for port in exporter["ports"]] == ["metrics"]
 
 
 def test_kube_prometheus_stack_component_labels_the_operator_objects_only(tmp_path, operator_models):

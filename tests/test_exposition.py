@@ -1,5 +1,5 @@
-"""The exporter's own text exposition writes exactly what prometheus_client's generate_latest
-writes, for everything the exporter serves and for what it could be handed."""
+"""The exporter's own exposition writes exactly what prometheus_client's writers write, in the text
+format and in OpenMetrics, for everything the exporter serves and for what it could be handed."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
 from exporter.app import LogReading, make_collectors
 from exporter.config import Config, LogConfig
 from exporter import exposition
-from exporter.exposition import _Fixed, _render, render
+from exporter.exposition import _Fixed, _render, render, render_openmetrics
 from exporter.family import Family
 from exporter.hardware.gpu import GpuCollector
 from exporter.registry import build_registry
@@ -27,6 +29,8 @@ from procs import gpu  # noqa: E402
 
 
 def same_as_prometheus_client(metrics: list) -> bytes:
+    """The text format, and OpenMetrics, both written by the fast writer itself (no fallback)."""
+    assert _render(metrics, openmetrics=True) == openmetrics.generate_latest(_Fixed(metrics))
     ours = _render(metrics)
     assert ours == generate_latest(_Fixed(metrics))
     return ours
@@ -38,7 +42,10 @@ def test_everything_the_exporter_serves(tmp_path):
                                'quo"te\\': 1, "acc": 0.5}) + "\n" + json.dumps({"step": 5, "eval_loss": 2.5}) + "\n")
     hostile = tmp_path / 'a"b\\c\nd.log'
     hostile.write_text("{'loss': 2.0, 'epoch': 0.1}\n")
-    config = Config(logs=[LogConfig(path=str(log)), LogConfig(path=str(hostile))])
+    hparams = tmp_path / "run" / "hparams.yaml"  # numeric and text hyperparameters
+    hparams.parent.mkdir()
+    hparams.write_text("lr: 0.001\noptimizer: adamw\n")
+    config = Config(logs=[LogConfig(path=str(log)), LogConfig(path=str(hostile)), LogConfig(path=str(hparams))])
     reading = LogReading(config)
     reading.read_to_end()
     collectors = make_collectors(config, reading)
@@ -47,12 +54,16 @@ def test_everything_the_exporter_serves(tmp_path):
     gpu_collector = next(c for c in collectors if c.name == "gpu")
     assert gpu_collector._init()
     try:
-        text = same_as_prometheus_client(list(build_registry(collectors).collect())).decode()
+        metrics = list(build_registry(collectors).collect())
+        text = same_as_prometheus_client(metrics).decode()
+        # An OpenMetrics parser (as strict as Prometheus's) takes it: no family name given twice.
+        families = {family.name for family in openmetrics_families(_render(metrics, openmetrics=True).decode())}
     finally:
         gpu_collector.stop()
         reading.follower.stop()
     assert 'training_gpu_up{gpu="1"' in text and "training_host_" in text and "process_cpu_seconds_total" in text
     assert 'source="a\\"b\\\\c\\nd.log"' in text
+    assert {"training_hparam", "training_hparam_text", "training_gpu_up", "training_records"} <= families
 
 
 def family(name: str, value, labels: dict | None = None, kind=GaugeMetricFamily):
@@ -85,6 +96,19 @@ def test_what_it_cannot_write_itself_goes_to_prometheus_client():
 
     registry.register(Odd())
     assert render(registry) == generate_latest(registry)
+
+
+def test_what_it_cannot_write_in_openmetrics_goes_to_prometheus_client():
+    for odd in (family("needs.escaping", 1.0), family("colon:ed", 1.0), family("ok", 2.0, {"__reserved": "x"})):
+        metrics = [family("plain", 1.0), odd]
+        assert render_openmetrics(_Fixed(metrics)) == openmetrics.generate_latest(_Fixed(metrics))
+    timestamped = GaugeMetricFamily("t", "t")
+    timestamped.add_metric([], 1.0, timestamp=1700000000.5)
+    counted = CounterMetricFamily("c", "c", labels=["a"])
+    counted.add_metric(["x"], 3.0, created=1700000000.25, timestamp=1700000001)
+    for metrics in ([timestamped], [counted]):
+        written = openmetrics.generate_latest(_Fixed(metrics))
+        assert render_openmetrics(_Fixed(metrics)) == written and b" 1700000" in written
 
 
 @settings(max_examples=300, deadline=None)

@@ -413,7 +413,7 @@ def exporter_process_once(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("negotiation")
     log = tmp_path / "train.jsonl"
     log.write_text(json.dumps({"step": 1, "loss": 2.5, "eval_loss": 2.0}) + "\n")
-    hparams = tmp_path / "run" / "hparams.yaml"  # both a gauge and an info family named training_hparam
+    hparams = tmp_path / "run" / "hparams.yaml"  # numeric and text hyperparameters: two families
     hparams.parent.mkdir()
     hparams.write_text("lr: 0.001\noptimizer: adamw\n")
     process = ExporterProcess(["--log", str(log), "--log", str(hparams.parent), *HW_OFF])
@@ -429,7 +429,7 @@ def test_openmetrics_keeps_the_series_of_the_text_format(exporter_process_once):
     text = requests.get(exporter_process_once.url + "/metrics", timeout=5).text
     openmetrics = requests.get(exporter_process_once.url + "/metrics", timeout=5,
                                headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}).text
-    assert ("training_hparam_info", (("key", "optimizer"), ("source", "run"), ("value", "adamw"))) in series(
+    assert ("training_hparam_text_info", (("key", "optimizer"), ("source", "run"), ("value", "adamw"))) in series(
         openmetrics, openmetrics_families)
     assert series(openmetrics, openmetrics_families) == series(text, text_string_to_metric_families)
 

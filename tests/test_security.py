@@ -379,8 +379,8 @@ def test_a_hostile_log_cannot_inject_into_the_exposition(tmp_path, exporter_proc
     evil_source = 'evil"}\ninjected_total 1\n.log'
     assert value(metrics, "training_loss", source=evil_source) == float("inf")
     assert value(metrics, "training_value", source=evil_source, key="injected_total_a_1") == 3.0
-    assert value(metrics, "training_hparam_info", source="run", key="title", value='say "hi" } \\\\n') == 1
-    assert not [k for k in metrics if k[0] == "training_hparam_info" and ("source", "run") in k[1]
+    assert value(metrics, "training_hparam_text_info", source="run", key="title", value='say "hi" } \\\\n') == 1
+    assert not [k for k in metrics if k[0] == "training_hparam_text_info" and ("source", "run") in k[1]
                 and ("key", "name") in k[1]]  # it held a newline
     assert value(metrics, "training_hparam", source="run", key="weird_key") == 1
     # Nor into the exporter's own log, where the file name is mentioned.

@@ -25,6 +25,7 @@ from ._families import Families
 from .gpu_device import GpuDevice, GpuReading, NvmlGone
 from .gpu_events import XidWatcher
 from .nvml_codes import text
+from .pod_processes import ProcessPods
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,12 @@ class GpuCollector(Collector):
     start_wait = 2.0  # how long start() waits for the first attempt, so early scrapes have data
     event_timeout_ms = 500  # how long the Xid thread blocks in NVML per wait
 
-    def __init__(self, poll_interval: float = 1.0, nvml: Any = None) -> None:
+    def __init__(self, poll_interval: float = 1.0, nvml: Any = None, pods: ProcessPods | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         self.poll_interval = float(poll_interval)
         self._nvml_given = nvml
+        self._pods = pods  # in DaemonSet mode: each compute process's pod
         self._nvml: Any = None
         self._devices: list[GpuDevice] = []
         self._watcher: XidWatcher | None = None
@@ -217,7 +219,7 @@ class GpuCollector(Collector):
             return self._unavailable("NVML sees no GPU (device count 0)")
         self._cuda_version = self._read_cuda_version(nvml)
         self._nvml, self._reason = nvml, None
-        self._devices = [GpuDevice(nvml, i, on_error=self._count_error, resolve_name=self._process_name)
+        self._devices = [GpuDevice(nvml, i, on_error=self._count_error, describe_process=self._describe_process)
                          for i in range(count)]
         log.info("NVML initialised: %d GPU(s), driver %s, CUDA %s", count, self._driver_version, self._cuda_version)
         self._poll()  # the first poll opens the devices the Xid watcher needs
@@ -281,6 +283,10 @@ class GpuCollector(Collector):
     def _count_xid(self, gpu: str, uuid: str, xid: int) -> None:
         with self._xid_lock:
             self._xids[(gpu, uuid, str(xid))] += 1
+
+    def _describe_process(self, pid: int) -> dict[str, str]:
+        name = {"process_name": self._process_name(pid)}
+        return name if self._pods is None else {**name, **self._pods.labels(pid)}
 
     def _process_name(self, pid: int) -> str:
         # NVML's PIDs may belong to another PID namespace: a PID this process cannot see gets

@@ -93,7 +93,8 @@ class GpuDevice:
     nvml: Any
     index: int
     on_error: Callable[[], None] = lambda: None  # counts an unexpected per-field error
-    resolve_name: Callable[[int], str] = lambda pid: ""
+    # The labels naming a compute process beside its pid: its name (and pod, in DaemonSet mode).
+    describe_process: Callable[[int], dict[str, str]] = lambda pid: {"process_name": ""}
     handle: Any = None
     uuid: str = ""
     name: str = ""
@@ -318,7 +319,7 @@ class GpuDevice:
             if memory is not None and memory not in SENTINELS:
                 used[proc.pid] = used.get(proc.pid, 0) + memory
         for pid, memory in sorted(used.items()):
-            add("training_gpu_process_memory_used_bytes", memory, pid=str(pid), process_name=self.resolve_name(pid))
+            add("training_gpu_process_memory_used_bytes", memory, pid=str(pid), **self.describe_process(pid))
         return pids
 
     def _mig(self, h: Any) -> list[Sample]:

@@ -4,7 +4,9 @@ It is found, in this order of priority, by a PID file, by a regular expression o
 lines (the oldest match, never the exporter itself or the processes that launched it), or as a
 process NVML sees on a GPU (the oldest). Discovery runs on every collect but stays cheap: the PID file is one small read, and
 the command-line scan only runs when the process followed so far has gone. When nothing is
-found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing.
+found ``training_process_up`` is 0, so an exited trainer shows as down instead of vanishing. In
+DaemonSet mode the series of the process found (all but ``training_process_up``) carry its pod's
+``namespace`` and ``pod``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from prometheus_client.metrics_core import Metric
 
 from ..collector_base import Collector
 from ._families import Families
+from .pod_processes import ProcessPods
 
 log = logging.getLogger(__name__)
 
 G, C = "gauge", "counter"
 SPECS = {
     "training_process_up": (G, "1 while a training process is found and running, else 0."),
-    "training_process_info": (G, "The process followed; value 1. Labels: pid, name, source (pid_file, cmdline or gpu)."),
+    "training_process_info": (G, "The process followed; value 1. Labels: pid, name, source (pid_file, cmdline or gpu); "
+                                 "in DaemonSet mode every series of the process also has namespace and pod."),
     "training_process_start_time_seconds": (G, "Unix time the training process started."),
     "training_process_resident_memory_bytes": (G, "Resident memory (RSS) of the training process."),
     "training_process_cpu_seconds_total": (C, "CPU time of the training process by mode (user, system)."),
@@ -183,8 +187,10 @@ class ProcessCollector(Collector):
     name = "process"
 
     def __init__(self, pid_file: str | None = None, cmdline_pattern: str | None = None,
-                 gpu_pids: Callable[[], set[int]] | None = None, finder: ProcessFinder | None = None) -> None:
+                 gpu_pids: Callable[[], set[int]] | None = None, finder: ProcessFinder | None = None,
+                 pods: ProcessPods | None = None) -> None:
         self.finder = finder or ProcessFinder(pid_file, cmdline_pattern, gpu_pids)
+        self._pods = pods  # in DaemonSet mode: the process's pod labels its series
 
     def collect(self) -> Iterable[Metric]:
         found = self.finder.find()
@@ -196,8 +202,9 @@ class ProcessCollector(Collector):
                 self.finder.forget(found[0])
         fam = Families(SPECS)
         fam.add("training_process_up", 1 if readings is not None else 0)
+        pod = self._pods.labels(found[0].pid) if self._pods is not None and readings is not None else {}
         for name, labels, value in readings or ():
-            fam.add(name, value, labels)
+            fam.add(name, value, {**labels, **pod})
         return list(fam)
 
     # -- readings

@@ -12,6 +12,9 @@ stable: a file's name, or its run directory's, made longer by its parent directo
 name is taken (``rank0/train.log``, ``node2/rank0/train.log``); once given, a name stays.
 A file that disappears is read to its end and let go; if it stays away for ``retire_after``
 seconds, its reader goes, and its source with it when no other file feeds it.
+
+The files of one source are read in the order they were found, each to its end before the
+next: a container's restarts' logs (``pods.py``) tell one history, oldest first.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from .discovery import expand, has_magic
+from .pods import PodLogs, source_of
 from .readers import DocumentReader, Labels, LogSpec, Reader, RecordSink, make_reader
 from .watch import Changes, Waker
 
@@ -40,6 +44,8 @@ SWEEP_INTERVAL = 30.0
 def source_name(path: str, spec: LogSpec) -> str:
     """The ``source`` label: configured, or the file's name, or for files whose names are
     generic (metrics.csv, event files), the name of the run directory holding them."""
+    if isinstance(spec, PodLogs):
+        return source_of(path)[0]
     if spec.source:
         return spec.source
     name = os.path.basename(path)
@@ -113,6 +119,7 @@ class LogFollower:
         # Replaced whole, never mutated, so the scrape thread can read it without a lock.
         self.readers: dict[str, Reader] = {}
         self._by_watched_path: dict[str, Reader] = {}  # where inotify names a reader's file
+        self._order: dict[Reader, int] = {}  # the order in which the readers were made
         self._names: dict[str, str] = {}  # path -> the source name it was given
         self._claims: dict[str, str] = {}  # source name -> the file or run directory it names
         self._log_directories: set[str] = set()  # where the followed files are written
@@ -145,8 +152,10 @@ class LogFollower:
                 if identity is not None and identity in followed:
                     continue  # the same file by another path (a link): followed once
                 source = self._name(path, spec)
-                self.sink.add_source(source)
+                labels = source_of(path)[1] if isinstance(spec, PodLogs) else ()
+                self.sink.add_source(source, labels)
                 reader = self._reader(path, source, spec, readers)
+                reader.labels = labels
                 readers[path] = reader
                 new.add(reader)
                 if identity is not None:
@@ -160,6 +169,7 @@ class LogFollower:
         if readers.keys() != self.readers.keys() or new:
             self._by_watched_path = {path: reader for reader in readers.values()
                                      for path in (reader.abs_path, reader.real_path)}
+            self._order = {reader: index for index, reader in enumerate(readers.values())}
         self.readers = readers
         # Watched: the directories searched (a file or directory appearing in them is news), and
         # each log's own directory and, for a link, its target's (the writes happen there).
@@ -177,6 +187,8 @@ class LogFollower:
     def _paths(self, spec: LogSpec) -> tuple[list[str], list[str]]:
         """The files a spec names now (of several checkpoints' trainer_state.json the newest),
         and the directories searched for them."""
+        if isinstance(spec, PodLogs):
+            return spec.find()
         paths, directories = expand(spec.path)
         trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
         if len(trainer_states) > 1:
@@ -223,25 +235,41 @@ class LogFollower:
         """Let go of the files that went away more than ``retire_after`` seconds ago, and of the
         sources no file feeds any more."""
         now = time.monotonic()
+        retired = False
         for path, reader in list(readers.items()):
             gone = reader.follower.gone_since
             if path in found or gone is None or now - gone < self.retire_after:
                 continue
             reader.close()
             del readers[path]
+            self._names.pop(path, None)
+            retired = True
             log.info("no longer following %r: it went away", path)
             if not any(other.source == reader.source for other in readers.values()):
                 self.sink.remove_source(reader.source)
+                self._claims.pop(reader.source, None)
+        if retired:
+            # Pods come and go on a node for months: what was kept for the files gone goes too.
+            self._log_directories = {os.path.dirname(path) for reader in readers.values()
+                                     for path in (reader.abs_path, reader.real_path)}
 
     # -- following -------------------------------------------------------------------------
 
     def poll(self, readers) -> None:
+        """Read the readers, in the order given. A file whose source has an earlier file with
+        more to read waits for the next poll."""
+        behind: set[str] = set()  # sources with a file not read to its end
         for reader in readers:
+            if reader.source in behind:
+                reader.caught_up = False  # its news waits, and is read next time round
+                continue
             try:
                 reader.poll()
             except Exception:  # noqa: BLE001 - one bad file must not stop the others
                 log.exception("error reading %r; it will be tried again", reader.path)
                 reader.caught_up = True  # wait for the next change rather than spin
+            if not reader.caught_up:
+                behind.add(reader.source)
 
     def read_to_end(self, max_passes: int = 10_000) -> None:
         """Read everything there is now (for offline inspection)."""
@@ -321,7 +349,8 @@ class LogFollower:
                     names_changed |= changed.names
                 to_poll.update(reader for reader in self.readers.values() if not reader.caught_up)
                 last_poll = now
-                self.poll(to_poll)
+                order = self._order
+                self.poll(sorted(to_poll, key=lambda reader: order.get(reader, 0)))
             except Exception:  # noqa: BLE001 - the follower must outlive any surprise
                 log.exception("log follower error; continuing")
                 self._stop.wait(self.poll_interval)

@@ -83,7 +83,9 @@ class TrainingCollector(Collector):
         loss_patience = Family("training_loss_patience",
                                "Configured loss_patience: epochs without improvement that make a loss plateau.", GAUGE)
         hparam = Family("training_hparam", "Numeric hyperparameters and run facts the logs carry.", GAUGE)
-        hparam_info = Family("training_hparam", "Short text hyperparameters the logs carry.", INFO)
+        # Not "training_hparam": OpenMetrics names an info family without its _info, and a name
+        # may name one family only.
+        hparam_info = Family("training_hparam_text", "Short text hyperparameters the logs carry.", INFO)
         dropped = Family("training_dropped_keys",
                          "Keys dropped because the source reached its limit of distinct keys.", COUNTER)
 
