@@ -95,8 +95,11 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     if config.guard is not None:
         from .guard.core import Guard
 
-        ready = (lambda: reading.follower.ready) if enabled.get("training", True) else (lambda: True)
-        collectors.append(GuardCollector(Guard(config.guard, config.signals, reading.states, finder, ready)))
+        training = enabled.get("training", True)
+        ready = (lambda: reading.follower.ready) if training else (lambda: True)
+        catch_up = (lambda: reading.follower.catch_up(CATCH_UP_SECONDS)) if training else None
+        collectors.append(GuardCollector(Guard(config.guard, config.signals, reading.states, finder, ready,
+                                               catch_up=catch_up)))
     return collectors
 
 

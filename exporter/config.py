@@ -9,24 +9,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import re
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
 
-import yaml
-
+from .config_files import ConfigError, read_yaml
 from .logs.formats import ALL_FORMATS
 from .training.signals import SignalSettings
 from .training.vocabulary import DEFAULT_ALIASES
 
 COLLECTORS = ("training", "gpu", "host", "process")
-
-
-class ConfigError(Exception):
-    """A one-line, user-facing description of a configuration mistake."""
 
 
 @dataclass
@@ -65,8 +58,9 @@ class WebConfig:
 class FollowConfig:
     # A log is read at most this often between scrapes: the writes in between are read together
     # (with inotify), or the logs are polled this often (without it). A scrape reads what was
-    # written before it at once, so this bounds only how stale the state grows between scrapes.
-    poll_interval_seconds: float = 1.0
+    # written before it at once. Longer saves wake-ups, but a log rotated faster than this may
+    # lose the files rotated in between.
+    poll_interval_seconds: float = 0.2
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20
     retire_after_seconds: float = 300.0  # a file gone this long is let go, its series with it
@@ -155,85 +149,6 @@ class Config:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("logfmt", "json")
-
-# What a config file (or web config, or certificate) may be: a regular file this big at most,
-# this deep at most, with this many values at most once YAML's aliases are expanded. Ours need a
-# few kilobytes and five levels.
-MAX_FILE_BYTES = 1 << 20
-MAX_NESTING = 32
-MAX_VALUES = 100_000
-
-
-class Unreadable(Exception):
-    """Why a file cannot be read, in a few words."""
-
-
-def read_regular_file(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of ``limit`` bytes at most. A FIFO, device or directory is
-    refused before it is opened: opening a FIFO for reading waits for a writer, a device may do
-    anything."""
-    try:
-        _regular(os.stat(path).st_mode)
-        # Non-blocking, and checked again once open: the path may have been replaced meanwhile.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
-            _regular(os.fstat(handle.fileno()).st_mode)
-            data = handle.read(limit + 1)
-    except OSError as error:
-        raise Unreadable(error.strerror or str(error)) from None
-    if len(data) > limit:
-        raise Unreadable(f"larger than {limit / 2**20:g} MiB, the limit")
-    return data
-
-
-def _regular(mode: int) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    raise Unreadable(next((f"not a regular file but {kind}" for test, kind in kinds if test(mode)),
-                          "not a regular file"))
-
-
-def read_yaml(path: str, what: str = "config"):
-    """A YAML file's content ({} when empty); a file that is unreadable, too large, not UTF-8,
-    not YAML or nested too deeply is a one-line ConfigError."""
-    try:
-        data = read_regular_file(path)
-    except Unreadable as error:
-        raise ConfigError(f"{path}: cannot read {what}: {error}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: {what} is not UTF-8: byte 0x{data[error.start]:02x} at offset {error.start}") from None
-    try:
-        content = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: {what} is nested more than {MAX_NESTING} levels deep") from None
-    except ValueError as error:  # a value YAML recognised but could not build: a 5,000-digit integer, 2024-13-45
-        raise ConfigError(f"{path}: invalid YAML: {str(error).split(';')[0]}") from None
-    _check_size(content, path, what)
-    return {} if content is None else content
-
-
-def _check_size(content, path: str, what: str) -> None:
-    pending, count = [(content, 1)], 0
-    while pending:
-        value, depth = pending.pop()
-        count += 1
-        if depth > MAX_NESTING:
-            raise ConfigError(f"{path}: {what} is nested more than {MAX_NESTING} levels deep")
-        if count > MAX_VALUES:
-            raise ConfigError(f"{path}: {what} holds more than {MAX_VALUES} values (aliases expanded)")
-        if isinstance(value, dict):
-            pending.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            pending.extend((item, depth + 1) for item in value)
-
 
 def load_file(path: str) -> Config:
     data = read_yaml(path)
@@ -349,10 +264,16 @@ GUARD_SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1",
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``:9945``, ``0.0.0.0:9945``, ``127.0.0.1:9945``, ``[::1]:9945`` into (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {address!r} is not HOST:PORT (e.g. ':9945' or '127.0.0.1:9945')")
+    return host.strip("[]"), int(port)
+
+
 def validate(config: Config, filename: str) -> None:
     """Checks that go beyond types; each names the key at fault."""
-    from .server import parse_listen_address
-
     try:
         parse_listen_address(config.web.listen_address)
     except ValueError as error:

@@ -69,11 +69,12 @@ def simulate(path: str, steps: int, speed: float, stop: threading.Event, seed: i
 
 def run_demo(argv: list[str]) -> int:
     from .app import serve
-    from .cli import _Parser, _setup_logging
     from .config import Config, LogConfig, validate
+    from .flags import Parser
+    from .logformat import setup_logging
 
-    parser = _Parser(prog="training-exporter demo",
-                     description="Serve metrics from a simulated training run (no training job needed).")
+    parser = Parser(prog="training-exporter demo",
+                    description="Serve metrics from a simulated training run (no training job needed).")
     parser.add_argument("--web.listen-address", dest="listen_address", default=":9945", metavar="ADDR")
     parser.add_argument("--speed", type=float, default=10.0, help="simulated steps per second (default 10)")
     parser.add_argument("--steps", type=int, default=600, help="steps in the simulated run (default 600)")
@@ -91,7 +92,7 @@ def run_demo(argv: list[str]) -> int:
     config.web.listen_address = args.listen_address
     config.process.pid_file = pid_path
     validate(config, "demo")
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
 
     # The simulated job is a process of its own, as a real one would be, so the process
     # collector has something to watch.

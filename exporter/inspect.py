@@ -163,15 +163,15 @@ def inspected_logs(paths: list[str], configured: list[LogConfig], forced: str | 
 
 
 def run_inspect(argv: list[str]) -> int:
-    from .cli import USAGE_EXIT, _add_log_flags, _Parser, config_from_args
+    from .flags import USAGE_EXIT, Parser, add_log_flags, config_from_args
 
-    parser = _Parser(prog="training-exporter inspect",
-                     description="Read training logs offline and print what was understood.")
+    parser = Parser(prog="training-exporter inspect",
+                    description="Read training logs offline and print what was understood.")
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="log files, globs or directories (default: the logs of --config); with "
                              "--config, a path is read as the config reads it, or as its only log")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_log_flags(parser)
+    add_log_flags(parser)
     args = parser.parse_args(argv)
     if not args.paths and not args.config:
         parser.error("give the logs to read: PATH..., or --config FILE")

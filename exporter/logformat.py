@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 
 # A logfmt value needs quotes when it is empty or holds a space, quote, equals sign, backslash
@@ -50,3 +51,9 @@ class JsonFormatter(logging.Formatter):
 
 FORMATTERS = {"logfmt": LogfmtFormatter, "json": JsonFormatter}
 
+
+def setup_logging(level: str, form: str = "logfmt") -> None:
+    """The exporter's own log lines, at ``level``, to stderr in the ``form`` asked for."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(FORMATTERS[form]())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)

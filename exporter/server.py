@@ -30,6 +30,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from . import __version__
+from .config import parse_listen_address
 from .connections import Connection, Connections, DeadlineReader
 from .exposition import OPENMETRICS, TEXT, negotiate
 from .ratelimited import RateLimitedLog
@@ -46,15 +47,6 @@ INDEX = """<!doctype html>
 <li><a href="/-/ready">/-/ready</a></li></ul>
 </body></html>
 """
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """``:9945``, ``0.0.0.0:9945``, ``127.0.0.1:9945``, ``[::1]:9945`` into (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {address!r} is not HOST:PORT (e.g. ':9945' or '127.0.0.1:9945')")
-    host = host.strip("[]")
-    return host, int(port)
 
 
 # A client that connects and then says nothing, or trickles its request, must not hold a

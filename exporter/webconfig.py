@@ -21,7 +21,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 
-from .config import ConfigError, Unreadable, read_regular_file, read_yaml
+from .config_files import ConfigError, Unreadable, read_regular_file, read_yaml
 from .passwords import BCRYPT_HASH, BcryptUnavailable, PasswordChecker, backend
 
 TLS_VERSIONS = {

@@ -24,7 +24,7 @@ import yaml
 from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, free_port, wait_for
 from dockerfile_parse import DockerfileParser
 
-from exporter.cli import _serve_parser, config_from_args
+from exporter.flags import config_from_args, serve_parser
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -45,7 +45,7 @@ def tool(name: str) -> str:
 
 def assert_exporter_arguments(argv: list[str]):
     """The arguments a deployment passes the exporter are ones its command line accepts."""
-    args = _serve_parser("training-exporter").parse_args(argv)
+    args = serve_parser("training-exporter").parse_args(argv)
     config = config_from_args(args, args.log)
     assert config.logs or config.pods is not None or "--no-collector.training" in argv, argv
     return config

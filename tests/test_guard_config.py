@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from exporter.cli import _serve_parser, config_from_args
+from exporter.flags import config_from_args, serve_parser
 from exporter.config import ConfigError, load_file
 from test_security import PASSWORD_HASH
 
@@ -36,7 +36,7 @@ def test_the_readme_example_is_a_valid_config(tmp_path, web_config):
 
 
 def config(*argv: str):
-    return config_from_args(_serve_parser("training-exporter").parse_args(["--log", "x.log", *argv]), ["x.log"])
+    return config_from_args(serve_parser("training-exporter").parse_args(["--log", "x.log", *argv]), ["x.log"])
 
 
 def test_flags_make_the_guard_and_override_the_file(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import wait_for
-from exporter.cli import _serve_parser, config_from_args
+from exporter.flags import config_from_args, serve_parser
 from exporter.config import ConfigError
 from exporter.hardware.pod_processes import ProcessPods, pod_uid
 from exporter.logs.pods import PodLogs as PodSelection
@@ -144,7 +144,7 @@ def test_a_deleted_pod_is_retired_with_its_source_and_what_was_kept_for_it(tmp_p
 # ---- configuration --------------------------------------------------------------------------------
 
 def config_of(*argv: str):
-    args = _serve_parser("training-exporter").parse_args(list(argv))
+    args = serve_parser("training-exporter").parse_args(list(argv))
     return config_from_args(args, args.log)
 
 

@@ -40,8 +40,8 @@ from .webhook import PayloadError, about_run, firing_alerts
 
 log = logging.getLogger(__name__)
 
-# How often the states are looked at: a NaN line is acted on within this (plus the follower's
-# read, 0.1 s at most) of being written. A look costs a snapshot of each source (about 20 µs for
+# How often the states are looked at, each look after the follower has read what was written
+# before it: a NaN line is acted on within this of being written. A look costs a snapshot of each source (about 20 µs for
 # a Hugging Face log), so five a second keep even a thousand ranks' states under a core's 10%.
 INTERVAL_SECONDS = 0.2
 WEBHOOK = "webhook"  # the rule name of actions asked for through the webhook
@@ -77,9 +77,11 @@ def source_rules(config: GuardConfig, signals: SignalSettings, vocabulary: Vocab
 
 class Guard:
     def __init__(self, config: GuardConfig, signals: SignalSettings, states: TrainingStates,
-                 finder: ProcessFinder, is_ready: Callable[[], bool], interval: float = INTERVAL_SECONDS) -> None:
+                 finder: ProcessFinder, is_ready: Callable[[], bool], interval: float = INTERVAL_SECONDS,
+                 catch_up: Callable[[], None] | None = None) -> None:
         self.config = config
         self.states, self.finder, self.is_ready, self.interval = states, finder, is_ready, interval
+        self.catch_up = catch_up  # reads what the logs said up to now, before each look
         self.action = (CommandAction(config.command, config.command_timeout_seconds) if config.command
                        else SignalAction(config.signal or "SIGINT"))
         self.action_label = "dry_run" if config.dry_run else self.action.label
@@ -116,6 +118,8 @@ class Guard:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                if self.catch_up is not None:
+                    self.catch_up()
                 self.check()
             except Exception as error:  # noqa: BLE001 - the guard must outlive a surprise
                 self._problems.note("guard: error while judging the training states", repr(error), exc_info=True)

@@ -105,11 +105,12 @@ class LogFollower:
     read together, so a trainer's many small writes (a progress bar redrawn ten times a second)
     cost one wake-up per interval. A scrape does not wait for the interval: ``catch_up`` reads
     what was written before it at once, so /metrics always shows every line written before the
-    scrape, and the interval only bounds how stale the state may grow between scrapes.
+    scrape. The interval also bounds how far apart two reads of a log being rotated can be:
+    rotations closer together than that may lose the files in between.
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
-                 poll_interval: float = 1.0, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
+                 poll_interval: float = 0.2, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
         self.specs = specs
         self.sink = sink
         self.max_line_bytes = max_line_bytes
