@@ -60,7 +60,7 @@ class FollowConfig:
     # (with inotify), or the logs are polled this often (without it). A scrape reads what was
     # written before it at once. Longer saves wake-ups, but a log rotated faster than this may
     # lose the files rotated in between.
-    poll_interval_seconds: float = 0.2
+    poll_interval_seconds: float = 1.0
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20
     retire_after_seconds: float = 300.0  # a file gone this long is let go, its series with it

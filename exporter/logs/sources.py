@@ -38,6 +38,12 @@ MAX_SOURCE_NAME = 200
 # With inotify, a directory's news comes as events: a search follows at most this often, and
 # every file is looked at now and then anyway, in case a change went unseen (a network filesystem).
 MIN_DISCOVERY_GAP = 1.0
+# While a followed log is being rotated (renamed away, or a file named after it appearing, as
+# train.log.1 or train.log-20261201), it is read at least this often and at once when it rotates
+# again: rotations closer together than the poll interval would otherwise lose what was written
+# between them. A log that has not rotated for a while goes back to the poll interval.
+ROTATING_INTERVAL = 0.2
+ROTATING_SECONDS = 300.0
 SWEEP_INTERVAL = 30.0
 
 
@@ -110,7 +116,7 @@ class LogFollower:
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
-                 poll_interval: float = 0.2, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
+                 poll_interval: float = 1.0, rescan_interval: float = 2.0, retire_after: float = 300.0) -> None:
         self.specs = specs
         self.sink = sink
         self.max_line_bytes = max_line_bytes
@@ -120,6 +126,8 @@ class LogFollower:
         # Replaced whole, never mutated, so the scrape thread can read it without a lock.
         self.readers: dict[str, Reader] = {}
         self._by_watched_path: dict[str, Reader] = {}  # where inotify names a reader's file
+        self._log_names: dict[str, tuple[str, ...]] = {}  # directory -> the followed files' names
+        self._rotating_until = 0.0  # the reads come closer together until then
         self._order: dict[Reader, int] = {}  # the order in which the readers were made
         self._names: dict[str, str] = {}  # path -> the source name it was given
         self._claims: dict[str, str] = {}  # source name -> the file or run directory it names
@@ -170,6 +178,11 @@ class LogFollower:
         if readers.keys() != self.readers.keys() or new:
             self._by_watched_path = {path: reader for reader in readers.values()
                                      for path in (reader.abs_path, reader.real_path)}
+            log_names: dict[str, set[str]] = {}
+            for path in self._by_watched_path:
+                directory, name = os.path.split(path)
+                log_names.setdefault(directory, set()).add(name)
+            self._log_names = {directory: tuple(names) for directory, names in log_names.items()}
             self._order = {reader: index for index, reader in enumerate(readers.values())}
         self.readers = readers
         # Watched: the directories searched (a file or directory appearing in them is news), and
@@ -256,21 +269,25 @@ class LogFollower:
 
     # -- following -------------------------------------------------------------------------
 
-    def poll(self, readers) -> None:
-        """Read the readers, in the order given. A file whose source has an earlier file with
-        more to read waits for the next poll."""
+    def poll(self, readers) -> bool:
+        """Read the readers, in the order given; whether any of them read anything. A file whose
+        source has an earlier file with more to read waits for the next poll."""
         behind: set[str] = set()  # sources with a file not read to its end
+        read = False
         for reader in readers:
             if reader.source in behind:
                 reader.caught_up = False  # its news waits, and is read next time round
                 continue
+            before = reader.stats.bytes
             try:
                 reader.poll()
             except Exception:  # noqa: BLE001 - one bad file must not stop the others
                 log.exception("error reading %r; it will be tried again", reader.path)
                 reader.caught_up = True  # wait for the next change rather than spin
+            read = read or reader.stats.bytes != before
             if not reader.caught_up:
                 behind.add(reader.source)
+        return read
 
     def read_to_end(self, max_passes: int = 10_000) -> None:
         """Read everything there is now (for offline inspection)."""
@@ -321,7 +338,7 @@ class LogFollower:
 
     def _run(self) -> None:
         changed: Changes | None = None
-        last_poll = last_sweep = 0.0
+        last_read = last_pass = last_sweep = 0.0
         names_changed = False
         while not self._stop.is_set():
             with self._passes:
@@ -345,13 +362,16 @@ class LogFollower:
                     to_poll.update(self.readers.values())
                     last_sweep = now
                 elif changed is not None:
+                    if any(map(self._rotates_a_log, changed.named)):
+                        self._rotating_until = now + ROTATING_SECONDS
                     by_path = self._by_watched_path
                     to_poll.update(by_path[path] for path in changed.paths if path in by_path)
                     names_changed |= changed.names
                 to_poll.update(reader for reader in self.readers.values() if not reader.caught_up)
-                last_poll = now
                 order = self._order
-                self.poll(sorted(to_poll, key=lambda reader: order.get(reader, 0)))
+                last_pass = now
+                if self.poll(sorted(to_poll, key=lambda reader: order.get(reader, 0))):
+                    last_read = now
             except Exception:  # noqa: BLE001 - the follower must outlive any surprise
                 log.exception("log follower error; continuing")
                 self._stop.wait(self.poll_interval)
@@ -364,16 +384,36 @@ class LogFollower:
             if not self.ready:
                 changed = None
                 continue  # a backlog is waiting: keep reading
-            changed = self._wait(last_poll)
+            changed = self._wait(last_read, last_pass)
 
-    def _wait(self, last_poll: float) -> Changes:
-        """The changes to read next. A poll interval passes since the last read, or less when a
-        scrape asks (what is written meanwhile is read together, one wake-up for many writes);
-        then what changed is taken, or, when nothing did, waited for (an idle exporter sleeps
-        until a write, which is then read at once). Without inotify, the interval alone."""
-        rest = last_poll + self.poll_interval - time.monotonic()
-        if rest > 0 and self._asked.wait(rest) and self._stop.is_set():
-            return Changes()
+    def _rotates_a_log(self, path: str) -> bool:
+        """Whether a name that appeared, moved or went away is a followed log rotating: the log
+        itself, or a file named after it beside it."""
+        directory, name = os.path.split(path)
+        names = self._log_names.get(directory)
+        return names is not None and name.startswith(names)
+
+    def _wait(self, last_read: float, last_pass: float) -> Changes:
+        """The changes to read next. A poll interval passes since the last read that found
+        something (what is written meanwhile is read together, one wake-up for many writes), or
+        less when a scrape asks or a followed log rotates; then what changed is taken, or, when
+        nothing did, waited for (an idle exporter sleeps until a write, which is then read at
+        once). Without inotify, the interval alone."""
+        now = time.monotonic()
+        shortest = min(self.poll_interval, ROTATING_INTERVAL)
+        interval = self.poll_interval if now >= self._rotating_until else shortest
+        if self._waker.uses_inotify:
+            # After a pass that found nothing (a quiet spell, a log its rotation just emptied),
+            # the next write is read sooner: a log must not be emptied twice between two reads.
+            rest = max(last_read + interval, last_pass + shortest) - now
+        else:
+            rest = last_pass + interval - now
+        if rest > 0:
+            # Writes wait out the interval; a scrape, or a followed log rotating, does not.
+            if self._waker.sleep(rest, self._rotates_a_log):
+                self._rotating_until = time.monotonic() + ROTATING_SECONDS
+            if self._stop.is_set():
+                return Changes()
         if not self._waker.uses_inotify:
             return Changes()
         changed = self._waker.wait(0)

@@ -11,6 +11,8 @@ import logging
 import os
 import select
 import struct
+import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +21,11 @@ _IN_CLOEXEC = 0o2000000
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x002, 0x004, 0x008
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x040, 0x080, 0x100, 0x200
 _IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
-# Data appended, files created, moved in or out, deleted, attributes (truncate) changed.
-_IN_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE
-            | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF)
+# Two queues: data appended (or a file truncated or its attributes changed), which may wait to be
+# read together; and names (a file created, moved in or out, deleted, or its directory gone),
+# which wake the follower at once: a rotation must be followed before the next one.
+_WRITES_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE
+_NAMES_MASK = _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
 # A name appearing or going away: the set of files to follow may have changed.
 _NAMES_CHANGED = _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
@@ -31,36 +35,49 @@ class Changes:
     """What changed since the last wait: the paths written to, and whether anything happened
     that only a look at every file can sort out (a name came or went, the queue overflowed)."""
 
-    __slots__ = ("paths", "everything", "names")
+    __slots__ = ("paths", "everything", "names", "named")
 
     def __init__(self) -> None:
         self.paths: set[str] = set()
         self.everything = False
         self.names = False  # a file appeared, moved or went away
+        self.named: set[str] = set()  # the paths that appeared, moved or went away
+
+    def merge(self, other: Changes) -> None:
+        self.paths |= other.paths
+        self.everything |= other.everything
+        self.names |= other.names
+        self.named |= other.named
 
 
 class Waker:
-    """``wait(timeout)`` returns the changes in watched directories as soon as there are any,
-    or when ``interrupt()`` is called (so that stopping never waits out a timeout)."""
+    """``wait(timeout)`` returns the changes in watched directories as soon as there are any;
+    ``sleep(timeout)`` waits out the timeout unless a name changes (the writes seen are kept for
+    the next ``wait``). Both return at once when ``interrupt()`` is called (a scrape, stopping)."""
 
     def __init__(self) -> None:
-        self._fd: int | None = None
-        self._directories: dict[int, str] = {}  # watch descriptor -> directory
+        self._writes: int | None = None  # the two inotify queues; None without inotify
+        self._names: int | None = None
+        self._directories: dict[tuple[int, int], str] = {}  # (queue, watch descriptor) -> directory
+        self._pending = Changes()  # what was seen since the last wait()
         self._libc = None
         self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            writes = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            names = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC) if writes >= 0 else -1
         except (OSError, AttributeError):
-            fd = -1
-        if fd >= 0:
-            self._fd, self._libc = fd, libc
+            writes = names = -1
+        if names >= 0:
+            self._writes, self._names, self._libc = writes, names, libc
         else:
+            if writes >= 0:
+                os.close(writes)
             log.info("inotify is not available; following logs by polling")
 
     @property
     def uses_inotify(self) -> bool:
-        return self._fd is not None
+        return self._names is not None
 
     def watch(self, directory: str) -> bool:
         """Watch a directory; True when the watch is new, and so changes made in the directory
@@ -70,33 +87,59 @@ class Waker:
         a new directory, and is watched afresh, even when it got the old one's inode (the kernel
         gives an existing watch's descriptor back, and a new one where the old is gone).
         """
-        if self._fd is None:
+        if self._names is None:
             return False
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _IN_MASK)
-        if wd < 0:
-            return False
-        new = self._directories.get(wd) != directory
-        self._directories[wd] = directory
+        new = False
+        for queue, mask in ((self._names, _NAMES_MASK), (self._writes, _WRITES_MASK)):
+            wd = self._libc.inotify_add_watch(queue, os.fsencode(directory), mask)
+            if wd < 0:
+                return False
+            new |= self._directories.get((queue, wd)) != directory
+            self._directories[(queue, wd)] = directory
         return new
 
     def wait(self, timeout: float) -> Changes:
-        changes = Changes()
+        self._wait((self._names, self._writes), timeout, self._pending)
+        changes, self._pending = self._pending, Changes()
+        return changes
+
+    def sleep(self, timeout: float, wakes: Callable[[str], bool]) -> bool:
+        """Wait out ``timeout``, unless interrupted, or unless a path appears, moves or goes away
+        that ``wakes`` accepts (True then). Whatever was seen is kept for the next ``wait``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = Changes()
+            if not self._wait((self._names,), deadline - time.monotonic(), seen):
+                return False  # the timeout, or an interrupt
+            self._pending.merge(seen)
+            if seen.everything or any(map(wakes, seen.named)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _wait(self, queues: tuple[int | None, ...], timeout: float, changes: Changes) -> bool:
+        """Wait on the queues; what they hold goes into ``changes``. False when the timeout
+        passed or an interrupt came, True when a queue woke it."""
         # poll(), not select(): with the open-files limit raised, a descriptor may be past 1024.
         poller = select.poll()
-        for fd in (self._fd, self._interrupt_read):
+        for fd in (*queues, self._interrupt_read):
             if fd is not None and fd >= 0:
                 poller.register(fd, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)}  # nothing to watch: a sleep
-        if self._interrupt_read in ready:
+        interrupted = self._interrupt_read in ready
+        if interrupted:
             _drain(self._interrupt_read)
-        if self._fd is not None and self._fd in ready:
-            self._read_events(changes)
-        return changes
+        for queue in queues:
+            # A wait takes what every queue holds, ready or not (poll() may have returned for
+            # another descriptor): what a sleep left in the writes queue too.
+            if queue is not None:
+                self._read_events(queue, changes)
+        return bool(ready) and not interrupted
 
-    def _read_events(self, changes: Changes) -> None:
+    def _read_events(self, queue: int, changes: Changes) -> None:
         while True:
             try:
-                data = os.read(self._fd, 65536)
+                data = os.read(queue, 65536)
             except OSError:  # BlockingIOError once drained
                 return
             if not data:
@@ -106,18 +149,21 @@ class Waker:
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
                 offset += _EVENT.size + length
-                directory = self._directories.get(wd)
+                directory = self._directories.get((queue, wd))
                 if mask & _IN_Q_OVERFLOW or directory is None:
                     changes.everything = True
                     continue
                 if mask & _IN_IGNORED:  # the watch is gone with its directory
-                    self._directories.pop(wd, None)
+                    self._directories.pop((queue, wd), None)
                     changes.everything = changes.names = True
                     continue
+                path = os.path.join(directory, os.fsdecode(name)) if name else None
                 if mask & _NAMES_CHANGED or not name:
                     changes.names = True
-                if name:
-                    changes.paths.add(os.path.join(directory, os.fsdecode(name)))
+                    if path is not None:
+                        changes.named.add(path)
+                if path is not None:
+                    changes.paths.add(path)
                 else:
                     changes.everything = True
 
@@ -128,9 +174,10 @@ class Waker:
             pass
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._writes, self._names):
+            if fd is not None:
+                os.close(fd)
+        self._writes = self._names = None
         for fd in (self._interrupt_read, self._interrupt_write):
             if fd >= 0:
                 os.close(fd)
