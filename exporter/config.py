@@ -58,8 +58,7 @@ class WebConfig:
 class FollowConfig:
     # A log is read at most this often between scrapes: the writes in between are read together
     # (with inotify), or the logs are polled this often (without it). A scrape reads what was
-    # written before it at once. Longer saves wake-ups, but a log rotated faster than this may
-    # lose the files rotated in between.
+    # written before it at once, and a log being rotated is read every 0.2 s at most apart.
     poll_interval_seconds: float = 1.0
     rescan_interval_seconds: float = 2.0  # how often globs and directories are searched again
     max_line_bytes: int = 1 << 20

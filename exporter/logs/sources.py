@@ -111,8 +111,8 @@ class LogFollower:
     read together, so a trainer's many small writes (a progress bar redrawn ten times a second)
     cost one wake-up per interval. A scrape does not wait for the interval: ``catch_up`` reads
     what was written before it at once, so /metrics always shows every line written before the
-    scrape. The interval also bounds how far apart two reads of a log being rotated can be:
-    rotations closer together than that may lose the files in between.
+    scrape. Nor does a rotation: a followed log renamed away, or a file named after it appearing,
+    wakes the follower at once, and while a log is being rotated it is read every 0.2 s.
     """
 
     def __init__(self, specs: list[LogSpec], sink: RecordSink, max_line_bytes: int = 1 << 20,
