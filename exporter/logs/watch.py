@@ -109,9 +109,10 @@ class Waker:
         deadline = time.monotonic() + timeout
         while True:
             seen = Changes()
-            if not self._wait((self._names,), deadline - time.monotonic(), seen):
+            woken = self._wait((self._names,), deadline - time.monotonic(), seen)
+            self._pending.merge(seen)  # an interrupt may come with names: they are kept too
+            if not woken:
                 return False  # the timeout, or an interrupt
-            self._pending.merge(seen)
             if seen.everything or any(map(wakes, seen.named)):
                 return True
             if time.monotonic() >= deadline:
