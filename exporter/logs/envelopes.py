@@ -117,14 +117,13 @@ class Envelopes:
     """Unwraps one file's lines; holds what a runtime split (``P`` records) until it is whole.
 
     ``stretches(lines)`` gives the payloads of a chunk of lines, grouped into stretches that
-    share what the wrapping said (rank, time). After ``unwrap(line)`` returns a line's payloads,
-    ``rank``, ``time`` and ``stream`` describe them.
+    share what the wrapping said (rank, time); ``unwrap(line)``, the payloads of one line. After a
+    wrapped line, ``time`` and ``stream`` say what its runtime recorded.
     """
 
     def __init__(self, max_line_chars: int = 1 << 20) -> None:
         self.max_line_chars = max_line_chars
         self._partial: dict[str, _Split] = {}  # stream -> the line being joined
-        self.rank: str | None = None
         self.time: float | None = None
         self.stream: str | None = None
         self.too_long = 0  # joined lines over the limit, dropped whole
@@ -160,11 +159,8 @@ class Envelopes:
         return [(None, None, _pieces("".join(split.pieces))) for split in held.values() if not split.dropped]
 
     def unwrap(self, line: str) -> list[str]:
-        """The payloads of one line, cut at carriage returns: [] while a split line is held.
-        ``rank`` is then the rank of its first stretch."""
-        segments = self._segments(line)
-        self.rank = segments[0][0] if segments else None
-        return [payload for _, text in segments for payload in _pieces(text)]
+        """The payloads of one line, cut at carriage returns: [] while a split line is held."""
+        return [payload for _, _, payloads in self.stretches([line]) for payload in payloads if payload]
 
     def _segments(self, line: str) -> list[tuple[str | None, str]]:
         """(rank, text) of what a line holds once its container record and launcher prefixes are

@@ -134,7 +134,6 @@ class LogFollower:
         self._log_directories: set[str] = set()  # where the followed files are written
         self._waker = Waker()
         self._stop = threading.Event()
-        self._asked = threading.Event()  # a scrape waits for what was written before it
         self._passes = threading.Condition()
         self._passes_started = self._passes_finished = 0
         self._thread: threading.Thread | None = None
@@ -322,13 +321,11 @@ class LogFollower:
             return
         with self._passes:
             ticket = self._passes_started + 1
-            self._asked.set()
             self._waker.interrupt()
             self._passes.wait_for(lambda: self._passes_finished >= ticket or self._stop.is_set(), timeout)
 
     def stop(self) -> None:
         self._stop.set()
-        self._asked.set()
         self._waker.interrupt()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -344,10 +341,11 @@ class LogFollower:
             with self._passes:
                 self._passes_started += 1
                 this_pass = self._passes_started
-                self._asked.clear()
             try:
                 now = time.monotonic()
                 to_poll: set[Reader] = set()
+                if changed is not None and (changed.everything or any(map(self._rotates_a_log, changed.named))):
+                    self._rotating_until = now + ROTATING_SECONDS
                 if not self._scanned_once or now - self._last_scan >= self.rescan_interval \
                         or (names_changed and now - self._last_scan >= MIN_DISCOVERY_GAP):
                     to_poll |= self.discover()
@@ -362,8 +360,6 @@ class LogFollower:
                     to_poll.update(self.readers.values())
                     last_sweep = now
                 elif changed is not None:
-                    if any(map(self._rotates_a_log, changed.named)):
-                        self._rotating_until = now + ROTATING_SECONDS
                     by_path = self._by_watched_path
                     to_poll.update(by_path[path] for path in changed.paths if path in by_path)
                     names_changed |= changed.names
@@ -410,17 +406,12 @@ class LogFollower:
             rest = last_pass + interval - now
         if rest > 0:
             # Writes wait out the interval; a scrape, or a followed log rotating, does not.
-            if self._waker.sleep(rest, self._rotates_a_log):
-                self._rotating_until = time.monotonic() + ROTATING_SECONDS
+            self._waker.sleep(rest, self._rotates_a_log)
             if self._stop.is_set():
                 return Changes()
         if not self._waker.uses_inotify:
             return Changes()
-        changed = self._waker.wait(0)
-        # A scrape's wake-up may have been taken just now: asked is set before it is sent.
-        if not (changed.paths or changed.everything or changed.names or self._asked.is_set()):
-            changed = self._waker.wait(max(0.0, self._last_scan + self.rescan_interval - time.monotonic()))
-        return changed
+        return self._waker.wait(max(0.0, self._last_scan + self.rescan_interval - time.monotonic()))
 
 
 def _mtime(path: str) -> float:

@@ -43,6 +43,9 @@ class Changes:
         self.names = False  # a file appeared, moved or went away
         self.named: set[str] = set()  # the paths that appeared, moved or went away
 
+    def __bool__(self) -> bool:
+        return bool(self.paths) or self.everything or self.names
+
     def merge(self, other: Changes) -> None:
         self.paths |= other.paths
         self.everything |= other.everything
@@ -53,13 +56,15 @@ class Changes:
 class Waker:
     """``wait(timeout)`` returns the changes in watched directories as soon as there are any;
     ``sleep(timeout)`` waits out the timeout unless a name changes (the writes seen are kept for
-    the next ``wait``). Both return at once when ``interrupt()`` is called (a scrape, stopping)."""
+    the next ``wait``). Both return at once when ``interrupt()`` is called (a scrape, stopping);
+    an interrupt that ended a sleep makes the next ``wait`` return at once too."""
 
     def __init__(self) -> None:
         self._writes: int | None = None  # the two inotify queues; None without inotify
         self._names: int | None = None
         self._directories: dict[tuple[int, int], str] = {}  # (queue, watch descriptor) -> directory
         self._pending = Changes()  # what was seen since the last wait()
+        self._interrupted = False  # an interrupt came since the last wait()
         self._libc = None
         self._interrupt_read, self._interrupt_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -99,8 +104,10 @@ class Waker:
         return new
 
     def wait(self, timeout: float) -> Changes:
+        if self._pending or self._interrupted:
+            timeout = 0  # what a sleep saw, or an interrupt it took, is news already
         self._wait((self._names, self._writes), timeout, self._pending)
-        changes, self._pending = self._pending, Changes()
+        changes, self._pending, self._interrupted = self._pending, Changes(), False
         return changes
 
     def sleep(self, timeout: float, wakes: Callable[[str], bool]) -> bool:
@@ -130,6 +137,7 @@ class Waker:
         interrupted = self._interrupt_read in ready
         if interrupted:
             _drain(self._interrupt_read)
+            self._interrupted = True
         for queue in queues:
             # A wait takes what every queue holds, ready or not (poll() may have returned for
             # another descriptor): what a sleep left in the writes queue too.
