@@ -98,15 +98,14 @@ class PodLogs(LogSpec):
                 paths += [os.path.join(container_directory, f"{restart}.log") for restart in restarts]
         return paths, directories
 
-
-def source_of(path: str) -> tuple[str, Labels]:
-    """The source a restart log found by ``PodLogs.find`` feeds, and its labels."""
-    container_directory = os.path.dirname(path)
-    container = os.path.basename(container_directory)
-    pod = pod_of_directory(os.path.basename(os.path.dirname(container_directory)))
-    assert pod is not None, path  # find() only returns paths under a pod's directory
-    return (f"{pod.namespace}/{pod.name}/{container}",
-            (("namespace", pod.namespace), ("pod", pod.name), ("container", container)))
+    def source_of(self, path: str) -> tuple[str, Labels]:
+        """A restart log feeds its container's source, labelled with the container's pod."""
+        container_directory = os.path.dirname(path)
+        container = os.path.basename(container_directory)
+        pod = pod_of_directory(os.path.basename(os.path.dirname(container_directory)))
+        assert pod is not None, path  # find() only returns paths under a pod's directory
+        return (f"{pod.namespace}/{pod.name}/{container}",
+                (("namespace", pod.namespace), ("pod", pod.name), ("container", container)))
 
 
 def _listing(directory: str, directories: bool, missing_ok: bool = True) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .detect import format_by_content, format_by_name
+from .discovery import expand
 from .dialects import DialectChoice, dialects_for
 from .envelopes import Envelopes
 from .follow import Data, EndOfFile, FileFollower, Reset
@@ -53,8 +54,31 @@ class LogSpec:
     source: str | None = None
     patterns: tuple[tuple[str, str], ...] = ()  # (regex, kind) for format "regex"
 
+    def find(self) -> tuple[list[str], list[str]]:
+        """The files the spec names now (of several checkpoints' trainer_state.json the newest),
+        and the directories searched for them."""
+        paths, directories = expand(self.path)
+        trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
+        if len(trainer_states) > 1:
+            # Every checkpoint-N/ holds the whole history so far: follow only the newest.
+            newest = max(trainer_states, key=_mtime)
+            paths = [p for p in paths if p not in trainer_states or p == newest]
+        return paths, directories
+
+    def source_of(self, path: str) -> tuple[str | None, Labels]:
+        """The source a file found by ``find`` feeds, when the spec names it (None: named after
+        the file), and the labels of its series."""
+        return self.source, ()
+
 
 Labels = tuple[tuple[str, str], ...]
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 class RecordSink(Protocol):

@@ -25,8 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .discovery import expand, has_magic
-from .pods import PodLogs, source_of
+from .discovery import has_magic
 from .readers import DocumentReader, Labels, LogSpec, Reader, RecordSink, make_reader
 from .watch import Changes, Waker
 
@@ -50,10 +49,9 @@ SWEEP_INTERVAL = 30.0
 def source_name(path: str, spec: LogSpec) -> str:
     """The ``source`` label: configured, or the file's name, or for files whose names are
     generic (metrics.csv, event files), the name of the run directory holding them."""
-    if isinstance(spec, PodLogs):
-        return source_of(path)[0]
-    if spec.source:
-        return spec.source
+    configured, _ = spec.source_of(path)
+    if configured:
+        return configured
     name = os.path.basename(path)
     if name in GENERIC_NAMES or name.startswith("events.out.tfevents."):
         if os.path.isdir(spec.path) and not has_magic(spec.path):
@@ -151,7 +149,7 @@ class LogFollower:
         new: set[Reader] = set()
         searched: set[str] = set()
         for spec in self.specs:
-            paths, directories = self._paths(spec)
+            paths, directories = spec.find()
             found.update(paths)
             searched.update(directories)
             named: list[str] = []
@@ -160,7 +158,7 @@ class LogFollower:
                 if identity is not None and identity in followed:
                     continue  # the same file by another path (a link): followed once
                 source = self._name(path, spec)
-                labels = source_of(path)[1] if isinstance(spec, PodLogs) else ()
+                _, labels = spec.source_of(path)
                 self.sink.add_source(source, labels)
                 reader = self._reader(path, source, spec, readers)
                 reader.labels = labels
@@ -196,19 +194,6 @@ class LogFollower:
         self._scanned_once = True
         self._last_scan = time.monotonic()
         return new
-
-    def _paths(self, spec: LogSpec) -> tuple[list[str], list[str]]:
-        """The files a spec names now (of several checkpoints' trainer_state.json the newest),
-        and the directories searched for them."""
-        if isinstance(spec, PodLogs):
-            return spec.find()
-        paths, directories = expand(spec.path)
-        trainer_states = [p for p in paths if os.path.basename(p) == "trainer_state.json"]
-        if len(trainer_states) > 1:
-            # Every checkpoint-N/ holds the whole history so far: follow only the newest.
-            newest = max(trainer_states, key=_mtime)
-            paths = [p for p in paths if p not in trainer_states or p == newest]
-        return paths, directories
 
     def _reader(self, path: str, source: str, spec: LogSpec, readers: dict[str, Reader]) -> Reader:
         if os.path.basename(path) == "trainer_state.json":
@@ -413,9 +398,3 @@ class LogFollower:
             return Changes()
         return self._waker.wait(max(0.0, self._last_scan + self.rescan_interval - time.monotonic()))
 
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
