@@ -76,17 +76,21 @@ def serve_parser(prog: str) -> argparse.ArgumentParser:
                         help="file holding the training process's PID")
     parser.add_argument("--process.cmdline-pattern", dest="cmdline_pattern", metavar="REGEX",
                         help="find the training process by its command line")
-    # DaemonSet mode: any of these turns it on.
-    parser.add_argument("--pods.path", dest="pods_path", metavar="PATH",
-                        help="follow the kubelet's container logs under PATH (default /var/log/pods)")
-    parser.add_argument("--pods.namespace", dest="pods_namespaces", action="append", metavar="NAME",
-                        help="only pods in this namespace (repeatable; default every namespace)")
-    parser.add_argument("--pods.pod-pattern", dest="pods_pod_pattern", metavar="REGEX",
-                        help="only pods whose whole name this regular expression matches")
-    parser.add_argument("--pods.container", dest="pods_containers", action="append", metavar="NAME",
-                        help="only containers of this name (repeatable; default every container)")
+    _add_pods_flags(parser)
     _add_guard_flags(parser)
     return parser
+
+
+def _add_pods_flags(parser: argparse.ArgumentParser) -> None:
+    pods = parser.add_argument_group("pods", "DaemonSet mode: the kubelet's container logs (on when any is given)")
+    pods.add_argument("--pods.path", dest="pods_path", metavar="PATH",
+                      help="follow the kubelet's container logs under PATH (default /var/log/pods)")
+    pods.add_argument("--pods.namespace", dest="pods_namespaces", action="append", metavar="NAME",
+                      help="only pods in this namespace (repeatable; default every namespace)")
+    pods.add_argument("--pods.pod-pattern", dest="pods_pod_pattern", metavar="REGEX",
+                      help="only pods whose whole name this regular expression matches")
+    pods.add_argument("--pods.container", dest="pods_containers", action="append", metavar="NAME",
+                      help="only containers of this name (repeatable; default every container)")
 
 
 def _add_guard_flags(parser: argparse.ArgumentParser) -> None:
