@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dialect_checks import assert_only_its_owner_reads, payloads
 from exporter.logs.envelopes import Envelopes
 from exporter.logs.formats import CONSOLE_FORMATS, Kind, ParseError, Record
 from exporter.logs.formats.deepspeed import DeepSpeed
@@ -47,11 +48,7 @@ def payload(line: str) -> str:
 
 
 def fixture_lines(name: str) -> list[str]:
-    """The lines the reader hands over: split on \\n and on \\r, as tqdm's redraws demand, each
-    unwrapped of what a launcher or Python logging put around it."""
-    text = (FIXTURES / name).read_text(encoding="utf-8")
-    envelopes = Envelopes()
-    return [piece for line in text.split("\n") for piece in envelopes.unwrap(line.strip())]
+    return payloads((FIXTURES / name).read_text(encoding="utf-8"))
 
 
 def comparable(record: Record) -> tuple:
@@ -561,9 +558,6 @@ def test_fairseq_ignores_other_lines(line):
 # Lines a training script printed itself among a framework's output, each with the one dialect
 # that reads it: DeepSpeed's CIFAR-10 example prints its loss as PyTorch's tutorial does.
 SCRIPTS_OWN_LINES = {("deepspeed.log", "[1,   200] loss: 2.117"): "key_value"}
-# The general shapes, offered a line only when every trainer's own dialect passed on it
-# (AUTO_ORDER puts them last): a line its owner reads never reaches them.
-GENERAL_DIALECTS = ("table", "key_value")
 
 
 @pytest.mark.parametrize("fixture", sorted(OWNER))
@@ -573,18 +567,7 @@ def test_no_dialect_claims_another_dialects_lines(fixture):
     general dialect may read only lines that the owner does not."""
     for number, line in enumerate(fixture_lines(fixture), 1):
         owner = SCRIPTS_OWN_LINES.get((fixture, line), OWNER[fixture])
-        owners_records = CONSOLE_FORMATS[owner]().parse(line) if owner else []
-        for name, factory in CONSOLE_FORMATS.items():
-            if name == owner:
-                continue  # the owner reads all of its own fixture without error (above)
-            if name in GENERAL_DIALECTS and any(r.values for r in owners_records):
-                continue
-            try:
-                records = factory().parse(line)
-            except ParseError:
-                pytest.fail(f"{name} calls {fixture}:{number} a broken line of its own: {line!r}")
-            claimed = [r for r in records if r.values or r.meta or r.step is not None]
-            assert not claimed, f"{name} claims {fixture}:{number}: {line!r} -> {claimed}"
+        assert_only_its_owner_reads(line, owner, f"{fixture}:{number}")
 
 
 @pytest.mark.parametrize("fixture", sorted(f for f, owner in OWNER.items() if owner))

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from dialect_checks import assert_only_its_owner_reads, payloads
 from exporter.app import LogReading
 from exporter.config import Config, LogConfig
-from exporter.logs.envelopes import Envelopes
-from exporter.logs.formats import CONSOLE_FORMATS, ParseError
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 
@@ -158,13 +157,6 @@ def test_output_that_is_not_metrics_yields_nothing(name):
 
 # A real line of each shape's fixture, and the dialect that owns it.
 OWNERS = {"keras": "keras", "lightning": "lightning", "hf": "huggingface", "mmengine": "mmengine"}
-GENERAL_DIALECTS = ("table", "key_value")
-
-
-def payloads(path: Path) -> list[str]:
-    envelopes = Envelopes()
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [piece for line in text.split("\n") for piece in envelopes.unwrap(line.strip())]
 
 
 @pytest.mark.parametrize("path", sorted(p for folder in (*OWNERS, "noise") for p in (REAL / folder).glob("*.log")),
@@ -174,17 +166,8 @@ def test_no_dialect_claims_another_frameworks_lines(path):
     dialect finds values in it (a general dialect only where the owner does not), and none calls
     a noise line its own."""
     owner = OWNERS.get(path.parent.name)
-    for line in payloads(path):
-        owners = CONSOLE_FORMATS[owner]().parse(line) if owner else []
-        for name, factory in CONSOLE_FORMATS.items():
-            if name == owner or name in GENERAL_DIALECTS and any(r.values for r in owners):
-                continue
-            try:
-                records = factory().parse(line)
-            except ParseError:
-                pytest.fail(f"{name} calls {path.name} line {line!r} a broken line of its own")
-            claimed = [r for r in records if r.values or r.meta or r.step is not None]
-            assert not claimed, f"{name} claims {path.name}: {line!r} -> {claimed}"
+    for line in payloads(path.read_text(encoding="utf-8", errors="replace")):
+        assert_only_its_owner_reads(line, owner, path.name)
 
 
 def test_tensorboard_summary_scalar_does_not_replace_the_last_loss():
