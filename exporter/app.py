@@ -57,6 +57,10 @@ class LogReading:
     def read_to_end(self) -> None:
         self.follower.read_to_end()
 
+    def catch_up(self) -> None:
+        """Read what the logs gained up to now: before a scrape, before a look of the guard."""
+        self.follower.catch_up(CATCH_UP_SECONDS)
+
 
 def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
     enabled = config.collectors
@@ -67,9 +71,7 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
 
         pods = ProcessPods(config.pods.path, config.pods.procfs)
     if enabled.get("training", True):
-        follower = reading.follower
-        collectors.append(TrainingCollector(reading.states, follower.files,
-                                            catch_up=lambda: follower.catch_up(CATCH_UP_SECONDS)))
+        collectors.append(TrainingCollector(reading.states, reading.follower.files, catch_up=reading.catch_up))
     gpu = None
     if enabled.get("gpu", True):
         from .hardware.gpu import GpuCollector
@@ -97,9 +99,8 @@ def make_collectors(config: Config, reading: LogReading) -> list[Collector]:
 
         training = enabled.get("training", True)
         ready = (lambda: reading.follower.ready) if training else (lambda: True)
-        catch_up = (lambda: reading.follower.catch_up(CATCH_UP_SECONDS)) if training else None
         collectors.append(GuardCollector(Guard(config.guard, config.signals, reading.states, finder, ready,
-                                               catch_up=catch_up)))
+                                               catch_up=reading.catch_up if training else None)))
     return collectors
 
 
