@@ -109,9 +109,6 @@ def strip_logging_prefix(text: str) -> str:
     return text
 
 
-# A line that starts with none of these, and holds no carriage return, is its own payload.
-_WRAPPED_STARTS = _LOGGING_STARTS | _LAUNCHER_STARTS
-
 
 class Envelopes:
     """Unwraps one file's lines; holds what a runtime split (``P`` records) until it is whole.
@@ -135,13 +132,22 @@ class Envelopes:
         rank = time = None
         for line in lines:
             first = line[:1]
-            wrapped = line.startswith(_DOCKER_START) if first == "{" else first in _WRAPPED_STARTS
-            if not wrapped and "\r" not in line:
-                # Nothing wrapped around it: the common line, its own payload.
+            if first == "{":
+                wrapped = line.startswith(_DOCKER_START)
+            elif first in _DIGITS:
+                # A CRI record's time, or srun's "3: "; a dated logging prefix is the pieces'.
+                wrapped = (line[4:5] == "-" and line[10:11] == "T") or _launcher_head(line)
+            else:
+                wrapped = first == "[" and _launcher_head(line)
+            if not wrapped:
+                # Nothing a runtime or launcher wrapped around it: the common line.
                 if rank is not None or time is not None:
                     out.append((rank, time, payloads))
                     payloads, rank, time = [], None, None
-                payloads.append(line)
+                if "\r" in line or first in _LOGGING_STARTS:
+                    payloads += _pieces(line)
+                else:
+                    payloads.append(line)
                 continue
             for segment_rank, text in self._segments(line):
                 if segment_rank != rank or self.time != time:
@@ -179,11 +185,8 @@ class Envelopes:
                 if line is None:
                     return []
                 line = line.strip()
-        if line[:1] in _LAUNCHER_STARTS:
-            # A launcher's prefix ends within a few characters: "]:", "]<stdout>:" or a task's ": ".
-            head = line[1:48]
-            if "]:" in head or "]<std" in head or ": " in head[:7]:
-                return _launcher_segments(line)
+        if line[:1] in _LAUNCHER_STARTS and _launcher_head(line):
+            return _launcher_segments(line)
         return [(None, line)]
 
     # -- container runtimes ------------------------------------------------------------
@@ -235,6 +238,13 @@ class Envelopes:
             self.too_long += 1
         return None if split.dropped else "".join(split.pieces)
 
+def _launcher_head(line: str) -> bool:
+    """Whether a line that starts with "[" or a digit may start with a launcher's prefix, which
+    ends within a few characters: "]:", "]<stdout>:" or a task's ": "."""
+    head = line[1:48]
+    return "]:" in head or "]<std" in head or ": " in head[:7]
+
+
 def _launcher_segments(line: str) -> list[tuple[str | None, str]]:
     """A line's launcher prefixes taken off: srun's task around torchrun's process make the rank
     ``"0:3"``. torchrun tails each rank's stdout and stderr apart, so a progress bar without a
@@ -267,7 +277,12 @@ def _pieces(text: str) -> list[str]:
         if text[:1] in _LOGGING_STARTS:
             return [strip_logging_prefix(text)]
         return [text] if text else []
-    return [strip_logging_prefix(piece) for piece in map(str.strip, text.split("\r")) if piece]
+    pieces = []
+    for piece in text.split("\r"):
+        piece = piece.strip()
+        if piece:
+            pieces.append(strip_logging_prefix(piece) if piece[:1] in _LOGGING_STARTS else piece)
+    return pieces
 
 
 class _Split:

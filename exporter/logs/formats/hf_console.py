@@ -77,7 +77,7 @@ class HuggingFaceConsole:
     def parse(self, line: str) -> list[Record]:
         if len(line) > MAX_LINE:
             return []
-        start = _dict_start(line)
+        start = _dict_start(line) if "{" in line else -1  # most lines have no brace: no call
         if start < 0:
             # The Trainer's bar, "45%|...": its percentage first, as tqdm writes it (3 wide), with
             # no description before it. Tested without a pattern: bars are half of a Trainer's
@@ -168,7 +168,7 @@ def _mentions_marker(line: str, start: int) -> bool:
 
 def _dict_start(line: str) -> int:
     """Where a dict with a quoted first key begins, or -1."""
-    brace = line.find("{")  # one scan of the line when it has no brace, as most have not
+    brace = line.find("{")
     while brace >= 0:
         if line[brace + 1:brace + 2] in ("'", '"'):
             return brace
