@@ -135,8 +135,9 @@ class Envelopes:
             if first == "{":
                 wrapped = line.startswith(_DOCKER_START)
             elif first in _DIGITS:
-                # A CRI record's time, or srun's "3: "; a dated logging prefix is the pieces'.
-                wrapped = (line[4:5] == "-" and line[10:11] == "T") or _launcher_head(line)
+                # A CRI record's time, or srun's "3: " (the one launcher prefix that starts with a
+                # digit); a dated logging prefix is the pieces'.
+                wrapped = (line[4:5] == "-" and line[10:11] == "T") or ": " in line[1:8]
             else:
                 wrapped = first == "[" and _launcher_head(line)
             if not wrapped:

@@ -82,7 +82,7 @@ class LineSplitter:
             joined = joined.replace(b"\x00", b"")
         if b"\x1b" in joined:
             joined = _ANSI_CSI.sub(b"", joined)
-        return [line for line in map(str.strip, joined.decode("utf-8", "replace").split("\n")) if line]
+        return list(filter(None, map(str.strip, joined.decode("utf-8", "replace").split("\n"))))
 
     def _decode(self, raw: bytes) -> str | None:
         if len(raw) > self.max_line_bytes:

@@ -196,8 +196,12 @@ class SourceState:
                 # Megatron repeats max_steps on every line: a fact kept already is not set again.
                 if seen.get(key, _UNSEEN) != value and self._set_meta(key, value) and len(seen) < MAX_META_SEEN:
                     seen[key] = value
-        if record.progress is not None:
-            self._apply_progress_bar(record.progress, when)
+        progress = record.progress
+        # Evaluation bars run beside the training bar; the training bar is the longest one.
+        if progress is not None and (self._progress is None or progress[1] >= self._progress[1]):
+            self._progress = progress
+            if not self._seen_explicit_step:
+                self._advance(progress[0], when)
 
         if kind is _SUMMARY:
             # End-of-run aggregates (an average train_loss) must not pose as the current loss,
@@ -282,15 +286,6 @@ class SourceState:
         self._step = step
         if self._highest_step is None or step > self._highest_step:
             self._highest_step = step
-
-    def _apply_progress_bar(self, progress: tuple[int, int], when: float) -> None:
-        done, total = progress
-        # Evaluation bars run beside the training bar; the training bar is the longest one.
-        if self._progress is not None and total < self._progress[1]:
-            return
-        self._progress = (done, total)
-        if not self._seen_explicit_step:
-            self._advance(done, when)
 
     def _count_nonfinite(self, name: str, step: int | None) -> None:
         # One NaN per key and logged step: a progress bar redrawn beside its step line (torchtune)
