@@ -281,13 +281,30 @@ def test_lines_fed_in_pieces_are_the_lines_of_the_whole(pieces):
 
 
 @PROPERTY
+@given(line_pieces, st.integers(min_value=1, max_value=80))
+def test_lines_over_the_limit_are_dropped_whole_and_counted(pieces, limit):
+    # One chunk, however its lines compare with the limit: each whole line (and the redraws of
+    # the unfinished one) read on its own, those over the limit dropped and counted.
+    data = b"".join(pieces)
+    *whole, rest = data.split(b"\n")
+    if b"\r" in rest:
+        whole.append(rest[:rest.rfind(b"\r")])
+        rest = rest[rest.rfind(b"\r") + 1:]
+    reference = LineSplitter(max_line_bytes=limit)
+    expected = [line for line in map(reference._decode, whole) if line is not None]
+    splitter = LineSplitter(max_line_bytes=limit)
+    assert splitter.feed(data) == expected
+    assert splitter.too_long == reference.too_long + (len(rest) > limit)
+
+
+@PROPERTY
 @given(line_pieces)
 def test_lines_decoded_whole_chunk_or_line_by_line(pieces):
     data = b"".join(pieces)
     parts = data.split(b"\n")
     splitter = LineSplitter(max_line_bytes=1 << 20)
     expected = [line for line in map(splitter._decode, parts) if line is not None]
-    assert LineSplitter._decode_all(parts) == expected
+    assert LineSplitter._decode_all(b"\n".join(parts)) == expected
 
 
 # ------------------------------------------------------------------------------ key names

@@ -31,40 +31,36 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[str]:
         if not data:
             return []
-        parts = data.split(b"\n")
-        first = parts[0]
+        cut = data.rfind(b"\n")
+        # The chunk's whole lines, joined by their newlines (None when it ends none), and the
+        # start of the next line.
+        body, tail = (None, data) if cut < 0 else (data[:cut], data[cut + 1:])
         if self._skipping:
-            if len(parts) > 1:
+            if body is not None:
+                # The over-long line ends at the chunk's first newline: what follows is read.
                 self._skipping = False
-            first = None
+                end = body.find(b"\n")
+                body = None if end < 0 else body[end + 1:]
         elif self._tail:
-            first = self._tail + first
+            if body is None:
+                tail = self._tail + tail
+            else:
+                body = self._tail + body
         self._tail = b""
-        tail = parts.pop()
-        if len(parts) == 0:
-            # No separator in this chunk: the whole chunk continues the current line.
-            tail = first if first is not None else None
-        elif first is not None:
-            parts[0] = first
-        else:
-            parts = parts[1:]
         if tail and not self._skipping and b"\r" in tail:
             # A progress bar redrawn with \r and no newline for minutes: each redraw is complete
             # at its \r, and is handed on now rather than when the line ends.
             cut = tail.rfind(b"\r")
-            parts.append(tail[:cut])
+            body = tail[:cut] if body is None else body + b"\n" + tail[:cut]
             tail = tail[cut + 1:]
-        if parts and max(map(len, parts)) <= self.max_line_bytes:
-            lines = self._decode_all(parts)
-        else:
-            lines = [self._decode(p) for p in parts if p]
-        if tail is not None and not self._skipping:
+        lines = self._decode_lines(body) if body is not None else []
+        if not self._skipping:
             if len(tail) > self.max_line_bytes:
                 self.too_long += 1
                 self._skipping = True
             else:
                 self._tail = tail
-        return [line for line in lines if line is not None]
+        return lines
 
     def flush(self) -> list[str]:
         """The writer is gone (the file was rotated away): its unterminated last line is whole."""
@@ -72,17 +68,25 @@ class LineSplitter:
         line = self._decode(tail) if tail else None
         return [line] if line else []
 
+    def _decode_lines(self, body: bytes) -> list[str]:
+        """The lines of ``body`` (lines joined by their newlines): one decode, one NUL and one
+        escape pass for them all when none of them can be too long, as in nearly every chunk."""
+        if len(body) <= self.max_line_bytes:
+            return self._decode_all(body)
+        parts = body.split(b"\n")
+        if max(map(len, parts)) <= self.max_line_bytes:
+            return self._decode_all(body)
+        return [line for line in map(self._decode, parts) if line is not None]
+
     @staticmethod
-    def _decode_all(parts: list[bytes]) -> list[str]:
-        """``_decode`` of every part, done on them joined: one decode, one NUL and one escape
-        pass for a whole chunk instead of one per line. Nothing they remove or replace can reach
-        across the joining newline, so the lines are the same."""
-        joined = b"\n".join(parts)
-        if b"\x00" in joined:
-            joined = joined.replace(b"\x00", b"")
-        if b"\x1b" in joined:
-            joined = _ANSI_CSI.sub(b"", joined)
-        return list(filter(None, map(str.strip, joined.decode("utf-8", "replace").split("\n"))))
+    def _decode_all(body: bytes) -> list[str]:
+        """``_decode`` of every line of ``body``, done on them joined. Nothing it removes or
+        replaces can reach across a newline, so the lines are the same."""
+        if b"\x00" in body:
+            body = body.replace(b"\x00", b"")
+        if b"\x1b" in body:
+            body = _ANSI_CSI.sub(b"", body)
+        return list(filter(None, map(str.strip, body.decode("utf-8", "replace").split("\n"))))
 
     def _decode(self, raw: bytes) -> str | None:
         if len(raw) > self.max_line_bytes:
