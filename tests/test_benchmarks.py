@@ -1,7 +1,7 @@
 """Every benchmark script runs, on a tiny input, and prints a table with sensible numbers: a
-benchmark that broke would otherwise go unnoticed until someone needs its figures. The two that
-compare against mtail and node_exporter are skipped where those are not installed (CI installs
-them)."""
+benchmark that broke would otherwise go unnoticed until someone needs its figures. Those that
+compare against mtail and node_exporter, and the one that counts instructions with valgrind, are
+skipped where those are not installed (CI installs them)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,10 @@ def test_bench_ingestion_against_mtail():
     rows = run_benchmark("bench_ingestion.py", "--lines", "2000")
     assert [row[0] for row in rows] == ["hf", "jsonl", "megatron"]
     assert all(number(row[2]) > 0 and number(row[4]) > 0 and number(row[6]) > 0 for row in rows)
+
+
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+def test_bench_instructions_counts_a_line():
+    [row] = run_benchmark("bench_instructions.py", "--formats", "jsonl")
+    assert row[0] == "jsonl"
+    assert 1_000 < number(row[1]) < 10_000_000  # instructions per line
