@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 MAX_OUTPUT_LOGGED = 2000  # characters of a command's output that its log line carries
 
 
-class ActionFailed(Exception):
-    """The action could not be done; the message says why."""
-
-
 class SignalAction:
     def __init__(self, name: str) -> None:
         self.label = name  # the `action` label: SIGINT, SIGTERM, ...

@@ -26,7 +26,6 @@ from .readers import Labels, LogSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = "/var/log/pods"
 _RESTART_LOG = re.compile(r"(\d{1,9})\.log")  # 0.log, 1.log: not 0.log.20261201-100000(.gz)
 _reported: set[str] = set()  # directories whose listing failed, said once each
 
