@@ -1,6 +1,6 @@
 """Catching up on a large existing log: lines per second, the exporter against mtail.
 
-    python benchmarks/bench_ingestion.py [--lines 1000000] [--runs 1] [--formats hf,jsonl,megatron]
+    python benchmarks/bench_ingestion.py [--lines 1000000] [--runs 1] [--formats hf,jsonl,megatron] [--cpus 0]
 
 For each format a log of N lines is written once: Hugging Face Trainer console output with
 tqdm bars glued in front of the dict lines by ``\\r`` (as in tests/fixtures/real/hf_console.log),
@@ -13,7 +13,11 @@ run and on the same file:
 * mtail (Debian package ``mtail``) with ``--one_shot`` and a program that extracts the same values
   into gauges (``MTAIL_PROGRAMS`` below), from its start until it exits.
 
-Both times include the process's start. Prints a markdown table: medians over the runs.
+Both times include the process's start. Prints a markdown table: medians over the runs, and two
+ratios: of speed (mtail's time over the exporter's) and of CPU (mtail's CPU time over the
+exporter's; above 1 the exporter spends less). mtail spreads its work over more than one core
+where it can; ``--cpus 0`` pins both to the listed CPUs (as a sidecar limited to one core would
+run them), so that the speed ratio compares the same budget.
 """
 
 from __future__ import annotations
@@ -179,14 +183,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_exporter(path: str, last_step: int) -> tuple[float, float]:
+def pinned(cpus: set[int] | None):
+    """What the child runs first: its CPUs limited to ``cpus`` (None: left as they are)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def run_exporter(path: str, last_step: int, cpus: set[int] | None) -> tuple[float, float]:
     """(seconds from start until /-/ready, CPU seconds) of a serve process."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "--log", path, "--no-collector.gpu",
                              "--no-collector.host", "--no-collector.process", "--web.listen-address", f"127.0.0.1:{port}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(cpus))
     try:
         while True:
             try:
@@ -211,7 +220,7 @@ def run_exporter(path: str, last_step: int) -> tuple[float, float]:
     return took, cpu.user + cpu.system
 
 
-def run_mtail(path: str, program: str, workdir: str) -> tuple[float, float]:
+def run_mtail(path: str, program: str, workdir: str, cpus: set[int] | None) -> tuple[float, float]:
     progs = os.path.join(workdir, "progs")
     os.makedirs(progs, exist_ok=True)
     with open(os.path.join(progs, "training.mtail"), "w") as handle:
@@ -219,7 +228,8 @@ def run_mtail(path: str, program: str, workdir: str) -> tuple[float, float]:
     before = os.times()
     started = time.perf_counter()
     result = subprocess.run(["mtail", "--one_shot", "--one_shot_format", "prometheus", "--progs", progs,
-                             "--logs", path, "--logtostderr"], capture_output=True, text=True, timeout=3600)
+                             "--logs", path, "--logtostderr"], capture_output=True, text=True, timeout=3600,
+                            preexec_fn=pinned(cpus))
     took = time.perf_counter() - started
     after = os.times()
     if result.returncode != 0 or "step" not in result.stdout:
@@ -233,7 +243,9 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--formats", default="hf,jsonl,megatron")
+    parser.add_argument("--cpus", help="pin both processes to these CPUs, e.g. 0 or 0,1 (default: not pinned)")
     args = parser.parse_args()
+    cpus = {int(cpu) for cpu in args.cpus.split(",")} if args.cpus else None
     if not shutil.which("mtail"):
         print("mtail is not installed (apt-get install -y mtail)", file=sys.stderr)
         return 2
@@ -253,8 +265,8 @@ def main() -> int:
             size = os.path.getsize(path)
             ours, theirs = [], []
             for _ in range(args.runs):
-                ours.append(run_exporter(path, last_step))
-                theirs.append(run_mtail(path, MTAIL_PROGRAMS[fmt], directory))
+                ours.append(run_exporter(path, last_step, cpus))
+                theirs.append(run_mtail(path, MTAIL_PROGRAMS[fmt], directory, cpus))
             ours_s = statistics.median(t for t, _ in ours)
             theirs_s = statistics.median(t for t, _ in theirs)
             rows.append((fmt, size, ours_s, statistics.median(c for _, c in ours), theirs_s,
@@ -262,15 +274,17 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.lines:,} lines per log, "
+    pinning = f"both pinned to CPU(s) {args.cpus}" if cpus else "not pinned"
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {pinning}, {args.lines:,} lines per log, "
           f"median of {args.runs} run(s)")
     print()
-    print("| log | size | exporter (to /-/ready) | exporter CPU | mtail --one_shot | mtail CPU | exporter / mtail speed |")
-    print("|---|---|---|---|---|---|---|")
+    print("| log | size | exporter (to /-/ready) | exporter CPU | mtail --one_shot | mtail CPU | exporter / mtail speed "
+          "| mtail CPU / exporter CPU |")
+    print("|---|---|---|---|---|---|---|---|")
     for fmt, size, ours_s, ours_cpu, theirs_s, theirs_cpu in rows:
         print(f"| {fmt} | {size / 2**20:.0f} MiB | {args.lines / ours_s:,.0f} lines/s ({ours_s:.1f} s) | "
               f"{ours_cpu:.1f} s | {args.lines / theirs_s:,.0f} lines/s ({theirs_s:.1f} s) | {theirs_cpu:.1f} s | "
-              f"{theirs_s / ours_s:.2f}× |")
+              f"{theirs_s / ours_s:.2f}× | {theirs_cpu / ours_cpu:.2f}× |")
     return 0
 
 

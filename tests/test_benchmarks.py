@@ -65,10 +65,11 @@ def test_bench_scrape_against_node_exporter(accept, answered):
 
 
 @pytest.mark.skipif(not shutil.which("mtail"), reason="mtail is not installed")
-def test_bench_ingestion_against_mtail():
-    rows = run_benchmark("bench_ingestion.py", "--lines", "2000")
+@pytest.mark.parametrize("pinning", [[], ["--cpus", "0"]])
+def test_bench_ingestion_against_mtail(pinning):
+    rows = run_benchmark("bench_ingestion.py", "--lines", "2000", *pinning)
     assert [row[0] for row in rows] == ["hf", "jsonl", "megatron"]
-    assert all(number(row[2]) > 0 and number(row[4]) > 0 and number(row[6]) > 0 for row in rows)
+    assert all(number(row[2]) > 0 and number(row[4]) > 0 and number(row[6]) > 0 and number(row[7]) > 0 for row in rows)
 
 
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
