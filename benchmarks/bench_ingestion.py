@@ -1,6 +1,7 @@
 """Catching up on a large existing log: lines per second, the exporter against mtail.
 
     python benchmarks/bench_ingestion.py [--lines 1000000] [--runs 1] [--formats hf,jsonl,megatron] [--cpus 0]
+                                         [--compiled]
 
 For each format a log of N lines is written once: Hugging Face Trainer console output with
 tqdm bars glued in front of the dict lines by ``\\r`` (as in tests/fixtures/real/hf_console.log),
@@ -17,7 +18,8 @@ Both times include the process's start. Prints a markdown table: medians over th
 ratios: of speed (mtail's time over the exporter's) and of CPU (mtail's CPU time over the
 exporter's; above 1 the exporter spends less). mtail spreads its work over more than one core
 where it can; ``--cpus 0`` pins both to the listed CPUs (as a sidecar limited to one core would
-run them), so that the speed ratio compares the same budget.
+run them), so that the speed ratio compares the same budget. ``--compiled`` runs the exporter with
+its reading path compiled by mypyc (compiled.py) instead of as source.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import time
 import urllib.request
 
 import psutil
+
+import compiled  # this directory's: the script's own directory comes first on the path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_EVERY = 50
@@ -188,14 +192,14 @@ def pinned(cpus: set[int] | None):
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
-def run_exporter(path: str, last_step: int, cpus: set[int] | None) -> tuple[float, float]:
-    """(seconds from start until /-/ready, CPU seconds) of a serve process."""
+def run_exporter(path: str, last_step: int, cpus: set[int] | None, root: str = ROOT) -> tuple[float, float]:
+    """(seconds from start until /-/ready, CPU seconds) of a serve process of the exporter in ``root``."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "--log", path, "--no-collector.gpu",
                              "--no-collector.host", "--no-collector.process", "--web.listen-address", f"127.0.0.1:{port}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(cpus))
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(cpus))
     try:
         while True:
             try:
@@ -244,15 +248,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--formats", default="hf,jsonl,megatron")
     parser.add_argument("--cpus", help="pin both processes to these CPUs, e.g. 0 or 0,1 (default: not pinned)")
+    parser.add_argument("--compiled", action="store_true", help="the exporter's reading path compiled by mypyc")
     args = parser.parse_args()
     cpus = {int(cpu) for cpu in args.cpus.split(",")} if args.cpus else None
     if not shutil.which("mtail"):
         print("mtail is not installed (apt-get install -y mtail)", file=sys.stderr)
         return 2
+    if args.compiled and not compiled.available():
+        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
+        return 2
 
     work = tempfile.mkdtemp()
     rows = []
     try:
+        root = compiled.build(os.path.join(work, "compiled")) if args.compiled else ROOT
         for fmt in args.formats.split(","):
             generate, name = GENERATORS[fmt]
             directory = os.path.join(work, fmt)
@@ -265,7 +274,7 @@ def main() -> int:
             size = os.path.getsize(path)
             ours, theirs = [], []
             for _ in range(args.runs):
-                ours.append(run_exporter(path, last_step, cpus))
+                ours.append(run_exporter(path, last_step, cpus, root))
                 theirs.append(run_mtail(path, MTAIL_PROGRAMS[fmt], directory, cpus))
             ours_s = statistics.median(t for t, _ in ours)
             theirs_s = statistics.median(t for t, _ in theirs)
@@ -275,7 +284,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     pinning = f"both pinned to CPU(s) {args.cpus}" if cpus else "not pinned"
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {pinning}, {args.lines:,} lines per log, "
+    build = "reading path compiled by mypyc" if args.compiled else "source"
+    print(f"python {sys.version.split()[0]} ({build}), {os.cpu_count()} CPUs, {pinning}, {args.lines:,} lines per log, "
           f"median of {args.runs} run(s)")
     print()
     print("| log | size | exporter (to /-/ready) | exporter CPU | mtail --one_shot | mtail CPU | exporter / mtail speed "

@@ -1,13 +1,14 @@
 """What reading one line costs, in instructions: a measure that does not drift with the machine.
 
-    python benchmarks/bench_instructions.py [--formats hf,jsonl,megatron] [--stages]
+    python benchmarks/bench_instructions.py [--formats hf,jsonl,megatron] [--stages] [--compiled]
 
 Timings on a shared machine drift by tens of percent from one hour to the next; the number of
 instructions a process executes does not. For each log shape of bench_ingestion.py, the reading
 path (``LogReading.read_to_end``: follow, lines, envelopes, dialects, state) reads a log of 2,000
 lines and one of 6,000 under valgrind's callgrind; the difference over 4,000 is the cost of a
 line, start-up left out. With ``--stages``, the same for the path cut short after each layer:
-the line splitter, the envelopes, the dialects (records made and dropped), and all of it.
+the line splitter, the envelopes, the dialects (records made and dropped), and all of it. With
+``--compiled``, the same again for the reading path compiled by mypyc (compiled.py), beside it.
 
 Needs valgrind (Debian package ``valgrind``). Hash randomisation is fixed, so that a run repeats
 to within a few instructions.
@@ -26,6 +27,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
 
+import compiled  # noqa: E402
 from bench_ingestion import GENERATORS  # noqa: E402
 
 SMALL, LARGE = 2000, 6000
@@ -68,9 +70,10 @@ else:  # "dialects": records made, then dropped
 STAGES = ("lines", "envelopes", "dialects", "all")
 
 
-def instructions(script: str, path: str, stage: str) -> int:
+def instructions(script: str, root: str, path: str, stage: str) -> int:
+    """What reading ``path`` up to ``stage`` costs, with the exporter found in ``root``."""
     result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script, ROOT, path, stage],
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script, root, path, stage],
         capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, timeout=1800)
     found = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or found is None:
@@ -82,20 +85,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", default="hf,jsonl,megatron")
     parser.add_argument("--stages", action="store_true", help="also the cost up to each layer")
+    parser.add_argument("--compiled", action="store_true", help="also with the reading path compiled by mypyc")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
         return 2
+    if args.compiled and not compiled.available():
+        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
+        return 2
     stages = STAGES if args.stages else ("all",)
     work = tempfile.mkdtemp()
     try:
+        trees = [("", ROOT)]
+        if args.compiled:
+            trees.append((", compiled", compiled.build(os.path.join(work, "compiled"))))
+        columns = [(f"up to {stage}" if stage != "all" else "whole path") + suffix
+                   for stage in stages for suffix, _ in trees]
         script = os.path.join(work, "read.py")
         with open(script, "w") as handle:
             handle.write(READER)
         print(f"python {sys.version.split()[0]}; instructions per line, ({LARGE:,} lines - {SMALL:,} lines) / "
               f"{LARGE - SMALL:,}\n")
-        print("| log | " + " | ".join(f"up to {stage}" if stage != "all" else "whole path" for stage in stages) + " |")
-        print("|---|" + "---|" * len(stages))
+        print("| log | " + " | ".join(columns) + " |")
+        print("|---|" + "---|" * len(columns))
         for fmt in args.formats.split(","):
             generate, name = GENERATORS[fmt]
             paths = []
@@ -104,8 +116,8 @@ def main() -> int:
                 with open(path, "w", encoding="utf-8") as handle:
                     handle.writelines(text for text, _ in generate(count))
                 paths.append(path)
-            costs = [(instructions(script, paths[1], stage) - instructions(script, paths[0], stage)) // (LARGE - SMALL)
-                     for stage in stages]
+            costs = [(instructions(script, root, paths[1], stage) - instructions(script, root, paths[0], stage))
+                     // (LARGE - SMALL) for stage in stages for _, root in trees]
             print(f"| {fmt} | " + " | ".join(f"{cost:,}" for cost in costs) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Every benchmark script runs, on a tiny input, and prints a table with sensible numbers: a
 benchmark that broke would otherwise go unnoticed until someone needs its figures. Those that
 compare against mtail and node_exporter, and the one that counts instructions with valgrind, are
-skipped where those are not installed (CI installs them)."""
+skipped where those are not installed (CI installs them), as is the one that compiles the
+reading path where mypyc is not."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import pytest
 from conftest import ROOT
 
 
-def run_benchmark(name: str, *args: str) -> list[list[str]]:
+def run_benchmark(name: str, *args: str, timeout: float = 120) -> list[list[str]]:
     """The benchmark's markdown table rows (heading and rule left out), as lists of cells."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert len(lines) >= 3, result.stdout
@@ -77,3 +78,20 @@ def test_bench_instructions_counts_a_line():
     [row] = run_benchmark("bench_instructions.py", "--formats", "jsonl")
     assert row[0] == "jsonl"
     assert 1_000 < number(row[1]) < 10_000_000  # instructions per line
+
+
+def mypyc_available() -> bool:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compiled
+    finally:
+        sys.path.pop(0)
+    return compiled.available()
+
+
+@pytest.mark.skipif(not shutil.which("valgrind") or not mypyc_available(), reason="valgrind or mypyc is not installed")
+def test_bench_instructions_compares_the_compiled_reading_path():
+    [row] = run_benchmark("bench_instructions.py", "--formats", "jsonl", "--compiled", timeout=600)
+    source, compiled = number(row[1]), number(row[2])
+    # Fewer: the lines were read with the compiled modules, not with the source beside them.
+    assert 1_000 < compiled < source < 10_000_000

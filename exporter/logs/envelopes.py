@@ -176,16 +176,17 @@ class Envelopes:
         first = line[:1]
         if first == "{":
             if line.startswith(_DOCKER_START):
-                line = self._docker(line)
-                if line is None:
+                unwrapped = self._docker(line)
+                if unwrapped is None:
                     return []
+                line = unwrapped
         elif first in _DIGITS:
             match = _CRI.match(line) if line[4:5] == "-" and line[10:11] == "T" else None
             if match is not None:
-                line = self._cri(match, line[match.end():])
-                if line is None:
+                unwrapped = self._cri(match, line[match.end():])
+                if unwrapped is None:
                     return []
-                line = line.strip()
+                line = unwrapped.strip()
         if line[:1] in _LAUNCHER_STARTS and _launcher_head(line):
             return _launcher_segments(line)
         return [(None, line)]
@@ -214,9 +215,10 @@ class Envelopes:
         if not text.endswith("\n"):
             self._hold(stream, text)
             return None
-        line = self._join(stream, text[:-1])
-        if line is None:
+        joined = self._join(stream, text[:-1])
+        if joined is None:
             return None
+        line = joined
         self.stream = stream
         if isinstance(entry.get("time"), str):
             self.time = _timestamp(entry["time"])
@@ -262,7 +264,8 @@ def _launcher_segments(line: str) -> list[tuple[str | None, str]]:
     if rank is None or "]:" not in line:
         return [(rank, line.strip())]
     outer = rank.rpartition(":")[0]  # srun's task, when torchrun's prefix is inside it
-    segments, start, segment_rank = [], 0, rank
+    segments: list[tuple[str | None, str]] = []
+    start, segment_rank = 0, rank
     for glued in _GLUED.finditer(line):
         segments.append((segment_rank, line[start:glued.start()].strip()))
         segment_rank = f"{outer}:{glued.group(1)}" if outer else glued.group(1)

@@ -116,7 +116,7 @@ class ReaderStats:
 class Reader:
     """Follows one file and hands what it says to the sink, as the records of its source."""
 
-    format_name = "unknown"  # each reader kind names the format it reads
+    _format = "unknown"  # each reader kind names the format it reads
 
     def __init__(self, path: str, source: str, sink: RecordSink) -> None:
         self.path = path
@@ -132,6 +132,10 @@ class Reader:
         # backlog is parsed, and /-/ready must not call a half-rebuilt state ready.
         self.caught_up = False
         self.error: str | None = None  # why the file cannot be read now, if it cannot
+
+    @property
+    def format_name(self) -> str:
+        return self._format
 
     def set_error(self, reason: str | None, detail: str = "") -> None:
         """Note whether the file can be read; each time it becomes unreadable is counted and
@@ -285,7 +289,7 @@ class LineReader(Reader):
 class TensorBoardReader(Reader):
     """A TensorBoard event file: length-prefixed binary records, decoded incrementally."""
 
-    format_name = "tensorboard"
+    _format = "tensorboard"
 
     def __init__(self, path: str, source: str, sink: RecordSink) -> None:
         super().__init__(path, source, sink)
@@ -314,7 +318,7 @@ class DocumentReader(Reader):
 
     def __init__(self, path: str, source: str, sink: RecordSink, fmt: str, already_applied: int = 0) -> None:
         super().__init__(path, source, sink)
-        self.format_name = fmt
+        self._format = fmt
         self._signature: tuple[int, int] | None = None
         # log_history entries already applied (from an older checkpoint's copy, when continuing).
         self.applied = already_applied

@@ -11,7 +11,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Collection, Mapping
 
 from ..logs.formats.base import Event, Kind, Record
 from .vocabulary import Vocabulary, normalise
@@ -301,7 +301,7 @@ class SourceState:
         if self._keep_history and len(self._nonfinite_steps) < MAX_HISTORY:
             self._nonfinite_steps.append((step if step is not None else self._step, name))
 
-    def _admit(self, names: dict, name: str, taken: int | None = None) -> bool:
+    def _admit(self, names: Collection[str], name: str, taken: int | None = None) -> bool:
         """Whether ``name`` may be kept in ``names``: it is there already, or fewer than max_keys
         names are (``taken`` of them, where not all of ``names`` count). A name turned away is
         counted as dropped."""
@@ -457,6 +457,7 @@ class LossPlateau:
         self.judged = 0
 
     def add(self, loss: float, epoch: float | None, step: int | None) -> None:
+        period: int | None
         if epoch is not None and not epoch - epoch:  # finite
             period = int(epoch)
             self.by_epoch = True

@@ -33,7 +33,8 @@ from .torchtune import Torchtune
 
 
 class LineFormat(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def parse(self, line: str) -> list[Record]: ...
 

@@ -190,10 +190,10 @@ def records_by_kind(values: dict[str, float], step: int | None = None) -> list[R
     a training record (or the summary), and the keys that say when (the epoch) in each. Keys
     that only say when make no record."""
     found = _key_set(tuple(values))
+    if isinstance(found, Kind):
+        return [Record(values=values, kind=found, step=step)]
     if found is NOTHING:
         return []
-    if found is not SPLIT:
-        return [Record(values=values, kind=found, step=step)]
     train: dict[str, float] = {}
     evaluation: dict[str, float] = {}
     for key, value in values.items():

@@ -78,7 +78,8 @@ def parse_progress_bar(line: str) -> tuple[int, int] | None:
     """
     if len(line) > MAX_LINE or "|" not in line:  # no bar without its "|"
         return None
-    for done, total in reversed(_BAR.findall(line)):
+    counters: list[tuple[str, str]] = _BAR.findall(line)
+    for done, total in reversed(counters):
         if total != "?":
             return int(done), int(total)
     return None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Iterable
 
 from .base import Kind, ParseError, Record, kind_of, to_float
 from .events import MAX_LINE, parse_progress_bar
@@ -108,7 +109,7 @@ class HuggingFaceConsole:
                 if _mentions_marker(line, start):
                     raise ParseError(f"unreadable Trainer log dict: {line[start:start + 60]!r}") from None
                 return []
-            keys = [key for key, _ in items]
+            keys: Iterable[str] = [key for key, _ in items]
             values = {key: value for key, raw in items if (value := _value(raw)) is not None}
             quoted = any(raw[:1] in ("'", '"') and key in values for key, raw in items)
         else:
@@ -120,7 +121,6 @@ class HuggingFaceConsole:
             # A redraw glued after the dict (rare: the dict ends with a newline) still counts.
             progress = parse_progress_bar(line[end:]) or progress
         record = _record(values, progress)
-        values = record.values
         if quoted is not self._quoted and self._previous is not None \
                 and _printed_twice(self._previous, self._quoted, values, quoted):
             self._previous = None
@@ -267,7 +267,7 @@ _SIMPLE_DICT = re.compile(rf"\{{(?:{_ITEM_UNGROUPED},)*{_ITEM_UNGROUPED}}}|\{{[ 
 _ITEMS = re.compile(_ITEM)
 
 
-def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
+def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, str]], int]:
     """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
 
     A dict of simple items is read by two regular expressions (the whole dict, then its items);
@@ -281,7 +281,7 @@ def _read_flat_dict(text: str, start: int) -> tuple[list[tuple[str, object]], in
     return [(key[1:-1], raw.strip()) for key, raw in _ITEMS.findall(text, start + 1, end)], end
 
 
-def _read_dict_carefully(text: str, start: int) -> tuple[list[tuple[str, object]], int]:
+def _read_dict_carefully(text: str, start: int) -> tuple[list[tuple[str, str]], int]:
     """Read ``{'key': value, ...}`` from ``text[start]``: the (key, raw value) pairs and the end.
 
     A raw value is its source text: a quoted string keeps its quotes, so numbers printed as
@@ -290,7 +290,7 @@ def _read_dict_carefully(text: str, start: int) -> tuple[list[tuple[str, object]
     """
     i = start + 1
     n = len(text)
-    items: list[tuple[str, object]] = []
+    items: list[tuple[str, str]] = []
 
     def skip_space(pos: int) -> int:
         while pos < n and text[pos] in _SPACE:
