@@ -1,6 +1,6 @@
 """Following a live log: CPU of the exporter against mtail, both following the same file at once.
 
-    python benchmarks/bench_live.py [--seconds 40] [--rates 50,500,5000] [--runs 1]
+    python benchmarks/bench_live.py [--seconds 40] [--rates 50,500,5000] [--runs 1] [--compiled]
 
 What users pay all day. A writer appends Hugging Face Trainer console lines (a tqdm bar glued in
 front of each logs dict by "\\r", as tests/fixtures/real/hf_console.log shows them) at a given
@@ -13,6 +13,7 @@ per 10 ms tick. Side by side, from the same start, the same file is followed by
 
 CPU is each process's own user+system time over the writing window, as % of one core; the
 ratio is the exporter's over mtail's. With ``--rates 0`` the two idle on an unchanging file.
+``--compiled`` runs the exporter with its reading path compiled by mypyc (compiled.py).
 Prints a markdown table: medians over the runs.
 """
 
@@ -34,6 +35,7 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
 
+import compiled  # noqa: E402
 from bench_ingestion import MTAIL_PROGRAMS, free_port, hf_lines  # noqa: E402
 
 
@@ -72,8 +74,9 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def one_run(rate: int, seconds: float, workdir: str) -> tuple[float, float, int]:
-    """(exporter % of a core, mtail % of a core, lines written) for one rate."""
+def one_run(rate: int, seconds: float, workdir: str, root: str = ROOT) -> tuple[float, float, int]:
+    """(exporter % of a core, mtail % of a core, lines written) for one rate, the exporter run
+    from ``root``."""
     log = os.path.join(workdir, "train.log")
     with open(log, "w", encoding="utf-8") as handle:
         handle.write("".join(text for text, _ in hf_lines(10)))
@@ -85,7 +88,7 @@ def one_run(rate: int, seconds: float, workdir: str) -> tuple[float, float, int]
     ours = subprocess.Popen([sys.executable, "-m", "exporter", "--log", log, "--no-collector.gpu",
                              "--no-collector.host", "--no-collector.process",
                              "--web.listen-address", f"127.0.0.1:{ours_port}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mtail = subprocess.Popen(["mtail", "--progs", progs, "--logs", log, "--port", str(mtail_port),
                               "--address", "127.0.0.1", "--logtostderr"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,17 +115,39 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--rates", default="50,500,5000")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true", help="the exporter's reading path compiled by mypyc")
     args = parser.parse_args()
     if not shutil.which("mtail"):
         print("mtail is not installed (apt-get install -y mtail)", file=sys.stderr)
         return 2
+    if args.compiled and not compiled.available():
+        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
+        return 2
+    build = tempfile.mkdtemp()
+    try:
+        root = compiled.build(build) if args.compiled else ROOT
+        rows = measure(args, root)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    print(f"python {sys.version.split()[0]} ({'reading path compiled by mypyc' if args.compiled else 'source'}), "
+          f"{os.cpu_count()} CPUs, {args.seconds:.0f} s per run, median of {args.runs} run(s)")
+    print()
+    print("| lines/s | lines written | exporter CPU | mtail CPU | exporter / mtail (min-max) |")
+    print("|---|---|---|---|---|")
+    for rate, ours, theirs, ratio, low, high, written in rows:
+        print(f"| {rate} | {written:,.0f} | {ours:.2f}% | {theirs:.2f}% | {ratio:.2f} ({low:.2f}-{high:.2f}) |")
+    return 0
+
+
+def measure(args: argparse.Namespace, root: str) -> list[tuple]:
+    """One row per rate: the medians over the runs."""
     rows = []
     for rate in (int(r) for r in args.rates.split(",")):
         results = []
         for _ in range(args.runs):
             workdir = tempfile.mkdtemp()
             try:
-                results.append(one_run(rate, args.seconds, workdir))
+                results.append(one_run(rate, args.seconds, workdir, root))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         ours = statistics.median(r[0] for r in results)
@@ -130,14 +155,7 @@ def main() -> int:
         ratios = [r[0] / r[1] if r[1] else float("inf") for r in results]
         rows.append((rate, ours, theirs, statistics.median(ratios), min(ratios), max(ratios),
                      statistics.median(r[2] for r in results)))
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.seconds:.0f} s per run, "
-          f"median of {args.runs} run(s)")
-    print()
-    print("| lines/s | lines written | exporter CPU | mtail CPU | exporter / mtail (min-max) |")
-    print("|---|---|---|---|---|")
-    for rate, ours, theirs, ratio, low, high, written in rows:
-        print(f"| {rate} | {written:,.0f} | {ours:.2f}% | {theirs:.2f}% | {ratio:.2f} ({low:.2f}-{high:.2f}) |")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

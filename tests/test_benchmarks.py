@@ -73,6 +73,14 @@ def test_bench_ingestion_against_mtail(pinning):
     assert all(number(row[2]) > 0 and number(row[4]) > 0 and number(row[6]) > 0 and number(row[7]) > 0 for row in rows)
 
 
+@pytest.mark.skipif(not shutil.which("mtail"), reason="mtail is not installed")
+def test_bench_live_follows_beside_mtail():
+    rows = run_benchmark("bench_live.py", "--seconds", "2", "--rates", "0,50")
+    assert [row[0] for row in rows] == ["0", "50"]
+    assert number(rows[0][1]) == 0 and number(rows[1][1]) > 0  # lines written
+    assert all(number(row[2]) >= 0 and number(row[3]) >= 0 for row in rows)  # % of a core each
+
+
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
 def test_bench_instructions_counts_a_line():
     [row] = run_benchmark("bench_instructions.py", "--formats", "jsonl")
