@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from exporter.logs import follow
 from exporter.logs.envelopes import Envelopes
 from exporter.logs.follow import Data, EndOfFile, FileFollower, Reset
 from exporter.logs.lines import LineSplitter
@@ -80,6 +81,34 @@ def test_rotation_by_rename_loses_nothing(tmp_path):
     got = tail.poll()
     assert got == expected(100, 150) + ["line 150 unterminated"] + expected(151, 200)
     assert tail.resets == []  # a rotation continues the log; it is not a restart
+
+
+def test_a_log_renamed_away_is_read_on_until_its_successor_appears(tmp_path):
+    path = tmp_path / "train.log"
+    write(path, numbered(0, 10))
+    tail = Tail(path)
+    assert tail.poll() == expected(0, 10)
+    # The kubelet renames the log and asks the runtime to reopen it; until the runtime does, the
+    # path is empty and the runtime writes on into the renamed file. A look in that moment must
+    # not let go of the file.
+    rotated = tmp_path / "train.log.20261201-100000"
+    os.rename(path, rotated)
+    assert tail.poll() == []
+    write(rotated, numbered(10, 12))
+    write(path, numbered(12, 14))
+    assert tail.poll() == expected(10, 14)
+
+
+def test_a_deleted_log_is_let_go_once_it_stayed_away(tmp_path, monkeypatch):
+    path = tmp_path / "train.log"
+    write(path, numbered(0, 3) + "last words")
+    tail = Tail(path)
+    assert tail.poll() == expected(0, 3)
+    os.unlink(path)
+    assert tail.poll() == [] and tail.follower.is_open  # it may be a rotation: held a while
+    monkeypatch.setattr(follow, "GONE_GRACE_SECONDS", 0.0)
+    assert tail.poll() == ["last words"]  # its unfinished last line is complete
+    assert not tail.follower.is_open  # the descriptor goes: the disk space is freed
 
 
 def test_copy_truncate_restarts_at_the_top(tmp_path):

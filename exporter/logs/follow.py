@@ -2,10 +2,12 @@
 
 A poll returns what happened since the last poll, in order: data, the end of a file that was
 rotated away, and resets (the file was truncated or rewritten from the top). It survives a file
-that does not exist yet, rotation by rename, copy-truncate, truncation in place, a file
-rewritten whole (in place, or written beside it and renamed over it), deletion (the file is let
-go once its last bytes are read), a symlink switched to a new target, and a path that is not a
-regular file (a FIFO or a device is never opened for reading in a way that could block).
+that does not exist yet, rotation by rename (also when the new file comes a moment after the old
+one was renamed away: the old one is read on meanwhile), copy-truncate, truncation in place, a
+file rewritten whole (in place, or written beside it and renamed over it), deletion (the file is
+let go once it has stayed away a few seconds, its last bytes read), a symlink switched to a new
+target, and a path that is not a regular file (a FIFO or a device is never opened for reading in
+a way that could block).
 
 Copy-truncate (logrotate's ``copytruncate``) copies the log, then truncates it. What was written
 after our last read but before the copy is only in the copy, so when the file turns out to have
@@ -24,6 +26,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 FINGERPRINT_BYTES = 512  # how much of the file's head identifies its content
+# How long a file gone from its path is held before it is taken for deleted. Renamed away by a
+# rotation, it is written on until the writer reopens the path: the kubelet asks the runtime to
+# at once, logrotate's postrotate signals the program; either takes moments, not seconds.
+GONE_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z")
 
@@ -89,14 +95,17 @@ class FileFollower:
             self.error = _reason(error) if error.errno not in (errno.ENOENT, errno.ENOTDIR) else None
         self.exists = path_stat is not None
         if path_stat is None:
-            if self._fd is not None:
-                # Deleted: what the writer wrote last is read, then the file is let go (its disk
-                # space is freed only once nobody holds it open).
-                yield from self._read_available(limit=None)
-                yield EndOfFile()
-                self.close()
             if self._identity is not None and self.gone_since is None:
                 self.gone_since = time.monotonic()
+            if self._fd is not None:
+                # Renamed away, or deleted: what the writer wrote is read, and the file held,
+                # since a rotation's writer writes on into it until its new file appears (then
+                # the old one is read to its end, as below). Once it has stayed away, it was
+                # deleted: it is let go (its disk space is freed only once nobody holds it open).
+                yield from self._read_available(limit=None)
+                if self.gone_since is not None and time.monotonic() - self.gone_since >= GONE_GRACE_SECONDS:
+                    yield EndOfFile()
+                    self.close()
             self.at_end = True
             return
         self.gone_since = None
