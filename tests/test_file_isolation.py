@@ -141,6 +141,31 @@ def test_a_deleted_file_is_let_go_and_its_series_retire(tmp_path, exporter_proce
     assert value(exporter.metrics(), "training_loss", source="keep.log") == 1.0
 
 
+def test_a_deleted_log_is_let_go_within_seconds_though_its_series_stay(tmp_path, exporter_process):
+    # A file gone from its path is held a few seconds (a rotation's writer may write on into it),
+    # then let go, long before the source retires with its series (5 minutes by default).
+    log = tmp_path / "train.log"
+    log.write_text(hf_line(2.0))
+    exporter = exporter_process("--log", str(log), *HW_OFF)
+    descriptors = f"/proc/{exporter.proc.pid}/fd"
+
+    def holds_the_log() -> bool:  # a deleted file's descriptor reads "PATH (deleted)"
+        targets = []
+        for fd in os.listdir(descriptors):
+            try:
+                targets.append(os.readlink(os.path.join(descriptors, fd)))
+            except OSError:
+                pass  # closed meanwhile
+        return any(target.startswith(str(log)) for target in targets)
+
+    assert holds_the_log()
+    log.unlink()
+    time.sleep(1)
+    assert holds_the_log()  # held: it may be a rotation whose new file comes in a moment
+    wait_for(lambda: not holds_the_log(), 15, "the deleted log is held open")
+    assert value(exporter.metrics(), "training_loss", source="train.log") == 2.0
+
+
 def test_an_unreadable_file_says_so(tmp_path):
     # (6) A log of mode 000 reported training_log_up 1, 0 lines, ready, and no error.
     log = tmp_path / "train.log"

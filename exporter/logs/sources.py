@@ -336,8 +336,10 @@ class LogFollower:
                     to_poll |= self.discover()
                     names_changed = False
                     # A file not open yet (not there, or not readable) may have come in a
-                    # directory that could not be watched: looked at after every search.
-                    to_poll.update(reader for reader in self.readers.values() if not reader.follower.is_open)
+                    # directory that could not be watched: looked at after every search; so is
+                    # one held though gone from its path, so that it is let go in time.
+                    to_poll.update(reader for reader in self.readers.values()
+                                   if not reader.follower.is_open or reader.follower.gone_since is not None)
                 if not self._waker.uses_inotify or now - last_sweep >= SWEEP_INTERVAL \
                         or (changed is not None and changed.everything):
                     # Every file, now and then: a change inotify could not tell (a network
