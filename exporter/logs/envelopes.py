@@ -109,7 +109,6 @@ def strip_logging_prefix(text: str) -> str:
     return text
 
 
-
 class Envelopes:
     """Unwraps one file's lines; holds what a runtime split (``P`` records) until it is whole.
 
@@ -240,6 +239,7 @@ class Envelopes:
         if split.add(last, self.max_line_chars):
             self.too_long += 1
         return None if split.dropped else "".join(split.pieces)
+
 
 def _launcher_head(line: str) -> bool:
     """Whether a line that starts with "[" or a digit may start with a launcher's prefix, which
