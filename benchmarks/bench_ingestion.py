@@ -254,14 +254,30 @@ def main() -> int:
     if not shutil.which("mtail"):
         print("mtail is not installed (apt-get install -y mtail)", file=sys.stderr)
         return 2
-    if args.compiled and not compiled.available():
-        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
-        return 2
 
+    with compiled.exporter_tree(args.compiled) as root:
+        rows = measure(args, root, cpus)
+
+    pinning = f"both pinned to CPU(s) {args.cpus}" if cpus else "not pinned"
+    print(f"python {sys.version.split()[0]} ({compiled.describe(args.compiled)}), {os.cpu_count()} CPUs, {pinning}, {args.lines:,} lines per log, "
+          f"median of {args.runs} run(s)")
+    print()
+    print("| log | size | exporter (to /-/ready) | exporter CPU | mtail --one_shot | mtail CPU | exporter / mtail speed "
+          "| mtail CPU / exporter CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fmt, size, ours_s, ours_cpu, theirs_s, theirs_cpu in rows:
+        print(f"| {fmt} | {size / 2**20:.0f} MiB | {args.lines / ours_s:,.0f} lines/s ({ours_s:.1f} s) | "
+              f"{ours_cpu:.1f} s | {args.lines / theirs_s:,.0f} lines/s ({theirs_s:.1f} s) | {theirs_cpu:.1f} s | "
+              f"{theirs_s / ours_s:.2f}× | {theirs_cpu / ours_cpu:.2f}× |")
+    return 0
+
+
+def measure(args: argparse.Namespace, root: str, cpus: set[int] | None) -> list[tuple]:
+    """One row per log shape: its size, and the medians over the runs of the exporter's time and
+    CPU (run from ``root``) and mtail's."""
     work = tempfile.mkdtemp()
     rows = []
     try:
-        root = compiled.build(os.path.join(work, "compiled")) if args.compiled else ROOT
         for fmt in args.formats.split(","):
             generate, name = GENERATORS[fmt]
             directory = os.path.join(work, fmt)
@@ -282,20 +298,7 @@ def main() -> int:
                          statistics.median(c for _, c in theirs)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    pinning = f"both pinned to CPU(s) {args.cpus}" if cpus else "not pinned"
-    build = "reading path compiled by mypyc" if args.compiled else "source"
-    print(f"python {sys.version.split()[0]} ({build}), {os.cpu_count()} CPUs, {pinning}, {args.lines:,} lines per log, "
-          f"median of {args.runs} run(s)")
-    print()
-    print("| log | size | exporter (to /-/ready) | exporter CPU | mtail --one_shot | mtail CPU | exporter / mtail speed "
-          "| mtail CPU / exporter CPU |")
-    print("|---|---|---|---|---|---|---|---|")
-    for fmt, size, ours_s, ours_cpu, theirs_s, theirs_cpu in rows:
-        print(f"| {fmt} | {size / 2**20:.0f} MiB | {args.lines / ours_s:,.0f} lines/s ({ours_s:.1f} s) | "
-              f"{ours_cpu:.1f} s | {args.lines / theirs_s:,.0f} lines/s ({theirs_s:.1f} s) | {theirs_cpu:.1f} s | "
-              f"{theirs_s / ours_s:.2f}× | {theirs_cpu / ours_cpu:.2f}× |")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -90,38 +90,40 @@ def main() -> int:
     if not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
         return 2
-    if args.compiled and not compiled.available():
-        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
-        return 2
     stages = STAGES if args.stages else ("all",)
     work = tempfile.mkdtemp()
     try:
-        trees = [("", ROOT)]
-        if args.compiled:
-            trees.append((", compiled", compiled.build(os.path.join(work, "compiled"))))
-        columns = [(f"up to {stage}" if stage != "all" else "whole path") + suffix
-                   for stage in stages for suffix, _ in trees]
-        script = os.path.join(work, "read.py")
-        with open(script, "w") as handle:
-            handle.write(READER)
-        print(f"python {sys.version.split()[0]}; instructions per line, ({LARGE:,} lines - {SMALL:,} lines) / "
-              f"{LARGE - SMALL:,}\n")
-        print("| log | " + " | ".join(columns) + " |")
-        print("|---|" + "---|" * len(columns))
-        for fmt in args.formats.split(","):
-            generate, name = GENERATORS[fmt]
-            paths = []
-            for count in (SMALL, LARGE):
-                path = os.path.join(work, f"{count}-{name}")
-                with open(path, "w", encoding="utf-8") as handle:
-                    handle.writelines(text for text, _ in generate(count))
-                paths.append(path)
-            costs = [(instructions(script, root, paths[1], stage) - instructions(script, root, paths[0], stage))
-                     // (LARGE - SMALL) for stage in stages for _, root in trees]
-            print(f"| {fmt} | " + " | ".join(f"{cost:,}" for cost in costs) + " |")
+        with compiled.exporter_tree(args.compiled) as tree:
+            trees = [("", ROOT)] + ([(", compiled", tree)] if args.compiled else [])
+            print_costs(args.formats.split(","), stages, trees, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def print_costs(formats: list[str], stages: tuple[str, ...], trees: list[tuple[str, str]], work: str) -> None:
+    """The table: for each log shape, a line's cost up to each stage, with the exporter of each
+    (heading suffix, tree); the logs and the reading script written in ``work``."""
+    columns = [(f"up to {stage}" if stage != "all" else "whole path") + suffix
+               for stage in stages for suffix, _ in trees]
+    script = os.path.join(work, "read.py")
+    with open(script, "w") as handle:
+        handle.write(READER)
+    print(f"python {sys.version.split()[0]}; instructions per line, ({LARGE:,} lines - {SMALL:,} lines) / "
+          f"{LARGE - SMALL:,}\n")
+    print("| log | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for fmt in formats:
+        generate, name = GENERATORS[fmt]
+        paths = []
+        for count in (SMALL, LARGE):
+            path = os.path.join(work, f"{count}-{name}")
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(text for text, _ in generate(count))
+            paths.append(path)
+        costs = [(instructions(script, root, paths[1], stage) - instructions(script, root, paths[0], stage))
+                 // (LARGE - SMALL) for stage in stages for _, root in trees]
+        print(f"| {fmt} | " + " | ".join(f"{cost:,}" for cost in costs) + " |")
 
 
 if __name__ == "__main__":

@@ -120,16 +120,9 @@ def main() -> int:
     if not shutil.which("mtail"):
         print("mtail is not installed (apt-get install -y mtail)", file=sys.stderr)
         return 2
-    if args.compiled and not compiled.available():
-        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
-        return 2
-    build = tempfile.mkdtemp()
-    try:
-        root = compiled.build(build) if args.compiled else ROOT
+    with compiled.exporter_tree(args.compiled) as root:
         rows = measure(args, root)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    print(f"python {sys.version.split()[0]} ({'reading path compiled by mypyc' if args.compiled else 'source'}), "
+    print(f"python {sys.version.split()[0]} ({compiled.describe(args.compiled)}), "
           f"{os.cpu_count()} CPUs, {args.seconds:.0f} s per run, median of {args.runs} run(s)")
     print()
     print("| lines/s | lines written | exporter CPU | mtail CPU | exporter / mtail (min-max) |")

@@ -6,17 +6,22 @@ Copies ``exporter/`` into DEST and compiles the modules a text log's line goes t
 splitter, the envelopes, the dialect choice, the Hugging Face, JSON-lines and Megatron-LM
 dialects, the state) with mypyc, in place: ``python -m exporter`` run in DEST then imports the
 compiled modules, and the rest as source. The source is the same; nothing in the repository is
-built this way. bench_instructions.py and bench_ingestion.py take ``--compiled`` to measure it.
+built this way. bench_instructions.py, bench_ingestion.py and bench_live.py take ``--compiled``
+to measure it.
 
 Needs mypy (``pip install mypy``, which brings mypyc) and a C compiler with the Python headers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,11 +43,29 @@ READING_PATH = (
 
 def available() -> bool:
     """Whether mypyc can run here."""
-    try:
-        import mypyc  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mypyc") is None:
         return False
     return shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+@contextlib.contextmanager
+def exporter_tree(compile: bool) -> Iterator[str]:
+    """Where to run the exporter from: this repository, or with ``compile`` a copy with its
+    reading path compiled, in a temporary directory removed afterwards. Where mypyc cannot run,
+    says so and exits with status 2, as the benchmarks do for a missing tool."""
+    if not compile:
+        yield ROOT
+        return
+    if not available():
+        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
+        raise SystemExit(2)
+    with tempfile.TemporaryDirectory() as work:
+        yield build(work)
+
+
+def describe(compile: bool) -> str:
+    """How the exporter measured was built, for a benchmark's heading."""
+    return "reading path compiled by mypyc" if compile else "source"
 
 
 def build(dest: str) -> str:
