@@ -1,63 +1,50 @@
-"""The exporter with its reading path compiled by mypyc: what compiling the same source would buy.
+"""The exporter as the container image builds it, its reading path compiled by mypyc.
 
     python benchmarks/compiled.py DEST
 
-Copies ``exporter/`` into DEST and compiles the modules a text log's line goes through (the
-splitter, the envelopes, the dialect choice, the Hugging Face, JSON-lines and Megatron-LM
-dialects, the state) with mypyc, in place: ``python -m exporter`` run in DEST then imports the
-compiled modules, and the rest as source. The source is the same; nothing in the repository is
-built this way. bench_instructions.py, bench_ingestion.py and bench_live.py take ``--compiled``
-to measure it.
+Installs the package into DEST (``pip install --target``) with ``TRAINING_EXPORTER_COMPILE=1``,
+as the image's build stage builds its wheel (see build_backend.py): ``python -m exporter`` run in
+DEST imports the compiled modules, and the rest as source. bench_instructions.py,
+bench_ingestion.py and bench_live.py take ``--compiled`` to measure it against the source, and
+tests/test_compiled.py runs the reading path's tests against it.
 
-Needs mypy (``pip install mypy``, which brings mypyc) and a C compiler with the Python headers.
+Needs a C compiler with the Python headers; the build fetches mypy, as the image's does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-READING_PATH = (
-    "exporter/logs/lines.py",
-    "exporter/logs/envelopes.py",
-    "exporter/logs/dialects.py",
-    "exporter/logs/readers.py",
-    # PodLogs extends readers.LogSpec, and only a compiled class may extend a compiled one.
-    "exporter/logs/pods.py",
-    "exporter/logs/formats/base.py",
-    "exporter/logs/formats/events.py",
-    "exporter/logs/formats/hf_console.py",
-    "exporter/logs/formats/jsonl.py",
-    "exporter/logs/formats/megatron.py",
-    "exporter/training/signals.py",
-)
+# What the image is built from (.dockerignore lets in no more).
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "build_backend.py", "MANIFEST.in", "README.md", "LICENSE", "exporter")
 
 
 def available() -> bool:
-    """Whether mypyc can run here."""
-    if importlib.util.find_spec("mypyc") is None:
-        return False
-    return shutil.which("cc") is not None or shutil.which("gcc") is not None
+    """Whether the reading path can be compiled here: a C compiler and the Python headers."""
+    has_compiler = shutil.which("cc") is not None or shutil.which("gcc") is not None
+    return has_compiler and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
 @contextlib.contextmanager
 def exporter_tree(compile: bool) -> Iterator[str]:
     """Where to run the exporter from: this repository, or with ``compile`` a copy with its
-    reading path compiled, in a temporary directory removed afterwards. Where mypyc cannot run,
-    says so and exits with status 2, as the benchmarks do for a missing tool."""
+    reading path compiled, in a temporary directory removed afterwards. Where nothing can be
+    compiled, says so and exits with status 2, as the benchmarks do for a missing tool."""
     if not compile:
         yield ROOT
         return
     if not available():
-        print("mypyc is not installed (pip install mypy), or there is no C compiler", file=sys.stderr)
+        print("cannot compile the reading path: no C compiler, or no Python headers (apt-get install -y gcc "
+              "python3-dev)", file=sys.stderr)
         raise SystemExit(2)
     with tempfile.TemporaryDirectory() as work:
         yield build(work)
@@ -69,17 +56,22 @@ def describe(compile: bool) -> str:
 
 
 def build(dest: str) -> str:
-    """A copy of the exporter in ``dest`` with its reading path compiled; returns ``dest``.
+    """The package installed into ``dest``, its reading path compiled; returns ``dest``.
 
-    Only the package is copied: mypyc builds with setuptools in the working directory, which
-    would otherwise read the project's own pyproject.toml."""
-    shutil.copytree(os.path.join(ROOT, "exporter"), os.path.join(dest, "exporter"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run([sys.executable, "-m", "mypyc", "--ignore-missing-imports", *READING_PATH],
-                            cwd=dest, capture_output=True, text=True, timeout=1800)
+    Built from a copy of the build's inputs, so that the build's own files (build/, the
+    generated C) stay out of the checkout."""
+    with tempfile.TemporaryDirectory() as source:
+        for name in BUILD_INPUTS:
+            if os.path.isdir(os.path.join(ROOT, name)):
+                shutil.copytree(os.path.join(ROOT, name), os.path.join(source, name),
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(os.path.join(ROOT, name), source)
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", dest,
+                                 source], env={**os.environ, "TRAINING_EXPORTER_COMPILE": "1"},
+                                capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
-        raise RuntimeError(f"mypyc failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    shutil.rmtree(os.path.join(dest, "build"), ignore_errors=True)
+        raise RuntimeError(f"the compiled build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return dest
 
 

@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 from . import __version__
 from .collector_base import Collector, CollectorUnavailable
 from .family import Family
-from .revision import source_revision
+from .revision import reading_path_build, source_revision
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ class CollectorSet:
     def __init__(self, collectors: list[Collector]) -> None:
         self.collectors = collectors
         self._reported: dict[str, str] = {}  # collector -> the failure last logged, to log each once
-        # Looked up once: the revision cannot change while the process runs.
+        # Looked up once: the build cannot change while the process runs.
         self._build_labels = (("version", __version__), ("python_version", platform.python_version()),
-                              ("revision", source_revision()))
+                              ("revision", source_revision()), ("reading_path", reading_path_build()))
 
     def collect(self) -> Iterable[Metric]:
         success = Family("training_exporter_collector_success", "1 when the collector's last scrape succeeded.",
@@ -53,7 +53,7 @@ class CollectorSet:
             duration.add(labels, time.perf_counter() - started)
         yield success
         yield duration
-        build = Family("training_exporter_build", "The exporter's version, source revision and runtime.", "info")
+        build = Family("training_exporter_build", "The exporter's version, source revision, runtime and reading path build (compiled or source).", "info")
         build.add(self._build_labels, 1)
         yield build
 

@@ -1,5 +1,6 @@
-"""The source revision the exporter was built from, for training_exporter_build_info: the one the
-image build recorded, else the commit of the git checkout it runs from, else "unknown"."""
+"""What the exporter was built from, for training_exporter_build_info: the source revision (the
+one the image build recorded, else the commit of the git checkout it runs from, else "unknown"),
+and whether its reading path was compiled."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ UNKNOWN = "unknown"
 def source_revision() -> str:
     recorded = os.environ.get(REVISION_VARIABLE, "").strip()
     return recorded or _checkout_revision() or UNKNOWN
+
+
+def reading_path_build() -> str:
+    """"compiled" where the build compiled the reading path with mypyc (the image does: see
+    build_backend.py), else "source"."""
+    from .logs import lines  # the first module a line goes through; compiled with the others
+
+    return "source" if lines.__file__.endswith(".py") else "compiled"
 
 
 def _checkout_revision() -> str | None:

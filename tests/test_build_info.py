@@ -1,5 +1,6 @@
 """training_exporter_build_info's revision: the image build's, else the checkout's HEAD, else
-"unknown"; read from real exporter processes started from copies of the package."""
+"unknown"; read from real exporter processes started from copies of the package. And its
+reading_path: "source" as the package is checked out (the compiled build: test_compiled.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def build_info(exporter: ExporterProcess) -> dict[str, str]:
     return labels
 
 
-def revision_of(source_root: Path, tmp_path: Path, **env: str) -> str:
-    """The revision an exporter imported from source_root reports (started there, so that
+def build_labels(source_root: Path, tmp_path: Path, **env: str) -> dict[str, str]:
+    """The build an exporter imported from source_root reports (started there, so that
     `python -m exporter` finds that copy first)."""
     exporter = ExporterProcess(["--log", str(tmp_path / "train.log"), "--no-collector.gpu"],
                                env={"PYTHONPATH": str(source_root), "TRAINING_EXPORTER_REVISION": "", **env},
@@ -36,7 +37,11 @@ def revision_of(source_root: Path, tmp_path: Path, **env: str) -> str:
     finally:
         output = exporter.stop()
     assert "Traceback" not in output, output
-    return labels["revision"]
+    return labels
+
+
+def revision_of(source_root: Path, tmp_path: Path, **env: str) -> str:
+    return build_labels(source_root, tmp_path, **env)["revision"]
 
 
 def copy_package(destination: Path) -> Path:
@@ -94,3 +99,8 @@ def test_without_git_the_revision_is_unknown_and_the_exporter_runs(checkout, tmp
     no_tools = tmp_path / "empty-path"
     no_tools.mkdir()
     assert revision_of(source_root, tmp_path, PATH=str(no_tools)) == "unknown"
+
+
+def test_the_source_says_its_reading_path_is_not_compiled(checkout, tmp_path):
+    source_root, _ = checkout
+    assert build_labels(source_root, tmp_path)["reading_path"] == "source"

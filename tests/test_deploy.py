@@ -110,7 +110,8 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else(final_stage)
     for item in parser.structure:
         if item["instruction"] == "COPY" and "--from" not in item["value"]:
             copied.update(item["value"].split()[:-1])
-    assert copied == kept == {"pyproject.toml", "README.md", "LICENSE", "exporter"}
+    assert copied == kept == {"pyproject.toml", "setup.py", "build_backend.py", "MANIFEST.in", "README.md", "LICENSE",
+                              "exporter"}
     assert all((ROOT / path).exists() for path in kept)
 
 
@@ -118,7 +119,7 @@ def test_build_context_makes_the_wheel_the_image_installs(tmp_path):
     """The build stage's `pip wheel .`, from the files .dockerignore lets into the context."""
     context = tmp_path / "context"
     context.mkdir()
-    for path in ("pyproject.toml", "README.md", "LICENSE"):
+    for path in ("pyproject.toml", "setup.py", "build_backend.py", "MANIFEST.in", "README.md", "LICENSE"):
         shutil.copy(ROOT / path, context / path)
     shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
     result = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),

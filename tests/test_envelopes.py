@@ -4,6 +4,7 @@ under torchrun, and the prefixes of the common logging set-ups."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -57,7 +58,7 @@ def read(path, **config) -> LogReading:
 
 def comparable(snapshot) -> dict:
     """What a source's state says of training, times left out (they come from the envelope)."""
-    fields = dict(vars(snapshot))
+    fields = dataclasses.asdict(snapshot)
     for name in ("last_progress_time", "last_record_time", "steps_per_second"):
         fields.pop(name)
     return json.loads(json.dumps(fields, default=str).replace("NaN", '"nan"'))

@@ -123,10 +123,11 @@ def test_follows_the_mounted_log_on_a_read_only_root(engine, running):
     assert "Traceback" not in logs.stderr + logs.stdout and "Read-only file system" not in logs.stderr + logs.stdout
 
 
-def test_build_info_and_labels_carry_the_revision_built_from(engine, image, running):
+def test_build_info_and_labels_carry_the_revision_built_from_and_the_compiled_reading_path(engine, image, running):
     [build] = [labels for name, labels in parse_metrics(fetch(engine, running, "/metrics")[1])
                if name == "training_exporter_build_info"]
     assert dict(build)["revision"] == REVISION
+    assert dict(build)["reading_path"] == "compiled"
     assert image_config(engine, image)["Config"]["Labels"]["org.opencontainers.image.revision"] == REVISION
 
 

@@ -102,7 +102,7 @@ class FileFollower:
                 # since a rotation's writer writes on into it until its new file appears (then
                 # the old one is read to its end, as below). Once it has stayed away, it was
                 # deleted: it is let go (its disk space is freed only once nobody holds it open).
-                yield from self._read_available(limit=None)
+                yield from self._read_available(self._fd, limit=None)
                 if self.gone_since is not None and time.monotonic() - self.gone_since >= GONE_GRACE_SECONDS:
                     yield EndOfFile()
                     self.close()
@@ -114,7 +114,7 @@ class FileFollower:
             self.error, self.at_end = "not_regular_file", True  # a FIFO or a device: never read
             return
         if self._fd is not None and (path_stat.st_dev, path_stat.st_ino) != self._identity:
-            yield from self._replaced()
+            yield from self._replaced(self._fd)
         if self._fd is None:
             self._open()
             if self._fd is None:
@@ -135,9 +135,9 @@ class FileFollower:
                 yield from self._finish_from_copy()
                 yield Reset("rewritten")
                 self._restart()
-        yield from self._read_available(limit=self.max_bytes_per_poll)
+        yield from self._read_available(self._fd, limit=self.max_bytes_per_poll)
 
-    def _replaced(self) -> Iterator[Data | EndOfFile | Reset]:
+    def _replaced(self, fd: int) -> Iterator[Data | EndOfFile | Reset]:
         """Another file now has the path. Written whole beside it and renamed over it (how many
         programs save a file), it begins with what was read: reading goes on in it, at the same
         offset when nothing before it changed, from the top as a rewrite otherwise. Else the old
@@ -153,7 +153,7 @@ class FileFollower:
             return
         if new is not None:
             os.close(new[0])
-        yield from self._read_available(limit=None)
+        yield from self._read_available(fd, limit=None)
         yield EndOfFile()
         self.close()
 
@@ -212,11 +212,7 @@ class FileFollower:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode) or not self._continues(fd):
                     continue
-                own_fd, self._fd = self._fd, fd
-                try:
-                    yield from self._read_available(limit=None)
-                finally:
-                    self._fd = own_fd
+                yield from self._read_available(fd, limit=None)
                 return
             finally:
                 os.close(fd)
@@ -224,10 +220,11 @@ class FileFollower:
     def _head_matches(self, fd: int) -> bool:
         return os.pread(fd, len(self._fingerprint), 0) == self._fingerprint
 
-    def _read_available(self, limit: int | None) -> Iterator[Data]:
+    def _read_available(self, fd: int, limit: int | None) -> Iterator[Data]:
+        """Read ``fd`` (the followed file, or its copy) on from the offset."""
         read = 0
         while limit is None or read < limit:
-            chunk = os.pread(self._fd, READ_CHUNK, self._offset)
+            chunk = os.pread(fd, READ_CHUNK, self._offset)
             if not chunk:
                 self.at_end = True
                 return
@@ -237,16 +234,19 @@ class FileFollower:
             self._offset += len(chunk)
             read += len(chunk)
             # When what was read was written, at the latest: set before it is handed on.
-            self.mtime = os.fstat(self._fd).st_mtime
+            self.mtime = os.fstat(fd).st_mtime
             yield Data(chunk)
         self.at_end = False  # more is waiting: the next poll continues
 
 
+# Why a file cannot be read, by errno, as a label value: few values, whatever the error.
+_REASONS: dict[int | None, str] = {
+    errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.ELOOP: "symlink_loop",
+    errno.ENAMETOOLONG: "name_too_long", errno.EMFILE: "too_many_open_files", errno.ENFILE: "too_many_open_files"}
+
+
 def _reason(error: OSError) -> str:
-    """Why a file cannot be read, as a label value: few values, whatever the error."""
-    return {errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.ELOOP: "symlink_loop",
-            errno.ENAMETOOLONG: "name_too_long", errno.EMFILE: "too_many_open_files",
-            errno.ENFILE: "too_many_open_files"}.get(error.errno, "unreadable")
+    return _REASONS.get(error.errno, "unreadable")
 
 
 def _mtime_ns(entry: os.DirEntry) -> int:

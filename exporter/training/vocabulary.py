@@ -68,8 +68,8 @@ class Vocabulary:
         for name, aliases in DEFAULT_ALIASES.items():
             for alias in aliases:
                 self._canonical[alias] = name
-        for name, aliases in (extra_aliases or {}).items():
-            for alias in aliases:
+        for name, extra in (extra_aliases or {}).items():
+            for alias in extra:
                 self._canonical[normalise(alias)] = name
         self.canonical_names = frozenset(DEFAULT_ALIASES) | frozenset(extra_aliases or {})
         self._caches: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}  # raw key -> name

@@ -39,8 +39,9 @@ class ConsoleTable:
         if not text or len(text) > MAX_LINE:
             return []
         first = text[0]
-        if self._columns is not None and (first.isdigit() or first == "|"):
-            records = self._row(text)
+        columns = self._columns
+        if columns is not None and (first.isdigit() or first == "|"):
+            records = self._row(text, columns)
             if records or first != "|":
                 return records
         if first.isalpha() or first == "|":
@@ -58,8 +59,7 @@ class ConsoleTable:
             return
         self._columns = [name.replace(" ", "_") for name in names]  # "Val Loss" -> "Val_Loss"
 
-    def _row(self, text: str) -> list[Record]:
-        columns = self._columns
+    def _row(self, text: str, columns: list[str]) -> list[Record]:
         cells = text.replace("|", " ").split()
         if len(cells) != len(columns) or not cells[0].isdigit():
             return []

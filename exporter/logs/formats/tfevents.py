@@ -76,6 +76,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes):
     """Yield (field number, wire type, value) for one message; bytes fields come as bytes."""
     pos, end = 0, len(buf)
+    value: int | bytes
     while pos < end:
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7
@@ -153,7 +154,8 @@ def _shape_size(buf: bytes) -> int | None:
 
 def _tensor_scalar(buf: bytes) -> float | None:
     """The value of a one-element numeric TensorProto, or None for anything else."""
-    dtype, count, content = 0, 1, None
+    dtype, content = 0, None
+    count: int | None = 1
     vals: list[float] = []
     for field, wire, value in _fields(buf):
         if field == 1 and wire == 0:
