@@ -16,11 +16,12 @@ import sys
 import pytest
 from conftest import ROOT, ExporterProcess, value
 
-# The tests of every module build_backend.READING_PATH compiles, and of what runs beside them.
+# The tests of every module build_backend.READING_PATH compiles, and of what runs beside them;
+# test_bad_input's hostile lines too, since compiled code checks types where the source carries on.
 READING_TESTS = ("test_envelopes.py", "test_formats_console.py", "test_formats_shapes.py", "test_formats_structured.py",
                  "test_real_fixtures.py", "test_real_shapes.py", "test_signals.py", "test_loss_plateau.py",
                  "test_fast_paths.py", "test_not_understood.py", "test_events.py", "test_follow.py",
-                 "test_sources.py", "test_pods.py")
+                 "test_sources.py", "test_pods.py", "test_bad_input.py", "test_inspect.py")
 
 
 def load(path):
