@@ -24,8 +24,11 @@ from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# What the image is built from (.dockerignore lets in no more).
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "build_backend.py", "MANIFEST.in", "README.md", "LICENSE", "exporter")
+
+def build_inputs() -> list[str]:
+    """What the image is built from: the paths .dockerignore lets into the build context."""
+    with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as handle:
+        return [line[1:].strip().rstrip("/") for line in handle if line.startswith("!")]
 
 
 def available() -> bool:
@@ -61,7 +64,7 @@ def build(dest: str) -> str:
     Built from a copy of the build's inputs, so that the build's own files (build/, the
     generated C) stay out of the checkout."""
     with tempfile.TemporaryDirectory() as source:
-        for name in BUILD_INPUTS:
+        for name in build_inputs():
             if os.path.isdir(os.path.join(ROOT, name)):
                 shutil.copytree(os.path.join(ROOT, name), os.path.join(source, name),
                                 ignore=shutil.ignore_patterns("__pycache__"))

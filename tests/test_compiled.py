@@ -44,6 +44,7 @@ def tree(tmp_path_factory):
     compiled.build(str(tree))
     shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tree)  # pytest's options
+    shutil.copy(ROOT / "README.md", tree)  # test_inspect checks the README's examples
     return tree
 
 

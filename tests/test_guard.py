@@ -43,8 +43,12 @@ class Run:
                            is_ready=lambda: self.ready)
 
     def start_trainer(self) -> subprocess.Popen:
-        """A process that sleeps, with Python's own reaction to signals, named by the PID file."""
-        trainer = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        """A process that sleeps, with Python's own reaction to signals, named by the PID file.
+        Its SIGINT handler is set explicitly: Python sets it up only where SIGINT was not ignored
+        by whatever started the tests (a shell's background job inherits it ignored)."""
+        trainer = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                                    "print('up', flush=True); time.sleep(60)"],
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.trainers.append(trainer)
         assert trainer.stdout.readline() == "up\n"  # Python's own SIGINT handler is in place
@@ -196,6 +200,24 @@ def test_a_signal_to_a_process_gone_since_it_was_found_is_a_failure():
     failures: list[str] = []
     SignalAction("SIGINT").run(found, Finding("nonfinite", "a NaN", 0.0), failures.append)
     assert failures == [f"process {trainer.pid} is gone (or its PID was reused)"]
+
+
+def test_a_signal_the_process_ignores_is_a_failure_not_an_action_that_did_nothing():
+    # As `python train.py &` in a batch script starts it: SIGINT ignored, inherited.
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                               stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert trainer.stdout.readline() == "up\n"
+        failures: list[str] = []
+        SignalAction("SIGINT").run(psutil.Process(trainer.pid), Finding("nonfinite", "a NaN", 0.0), failures.append)
+        assert len(failures) == 1 and f"process {trainer.pid} ignores SIGINT" in failures[0]
+        assert still_running(trainer)
+        SignalAction("SIGTERM").run(psutil.Process(trainer.pid), Finding("nonfinite", "a NaN", 0.0), failures.append)
+        assert stopped_by(trainer, signal.SIGTERM) and len(failures) == 1
+    finally:
+        trainer.kill()
+        trainer.wait()
 
 
 # -- the rules ----------------------------------------------------------------------------

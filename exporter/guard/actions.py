@@ -34,12 +34,30 @@ class SignalAction:
         return f"send {self.label} to process {proc.pid}"
 
     def run(self, proc: psutil.Process, finding: Finding, failed: Callable[[str], None]) -> None:
+        if _ignores(proc.pid, self.signal):
+            # A job started with `cmd &` from a script (a Slurm batch script, nohup) inherits
+            # SIGINT and SIGQUIT ignored: the signal would be delivered, and change nothing.
+            failed(f"process {proc.pid} ignores {self.label} (a shell script's background job inherits SIGINT "
+                   "ignored): set guard.signal to one it reacts to, such as SIGTERM, or guard.command")
+            return
         try:
             proc.send_signal(self.signal)
         except psutil.NoSuchProcess:
             failed(f"process {proc.pid} is gone (or its PID was reused)")
         except psutil.Error as error:  # AccessDenied: another user's process
             failed(f"cannot signal process {proc.pid}: {type(error).__name__}")
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    """Whether the process ignores ``sig``: its SigIgn mask in /proc (False where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 class CommandAction:
