@@ -3,8 +3,10 @@
 #     docker build -t training-exporter .
 #     docker run --rm -v /path/to/logs:/logs:ro -p 9945:9945 training-exporter --log /logs/train.log
 #
-# Builds with Docker (with or without BuildKit, offline too), buildah and podman: no `# syntax`
-# line (BuildKit would fetch that frontend) and no `RUN --mount` (the classic builder lacks it).
+# Builds with Docker (with or without BuildKit), buildah and podman: no `# syntax` line (BuildKit
+# would fetch that frontend) and no `RUN --mount` (the classic builder lacks it). It fetches the
+# base image, the Python packages and, in the build stage, a C compiler from the base's Debian
+# release.
 # buildah and podman write OCI images by default, which have no HEALTHCHECK: build with
 # `--format docker` to keep it.
 #
