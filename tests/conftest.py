@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,15 @@ from stack import free_port  # noqa: F401 - one definition, used by the tests th
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FAKE_NVML_DIR = Path(__file__).resolve().parent / "fake_nvml"
+
+
+def load_script(path: Path, name: str):
+    """A script of the repository's (alert_rules/build.py, benchmarks/compiled.py), imported as a
+    module of its own: the scripts are not a package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class ExporterProcess:

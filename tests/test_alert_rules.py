@@ -4,7 +4,6 @@ miss), rendered from one source into the rule file and the PrometheusRule, with 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 RULES = ROOT / "alert_rules" / "training-exporter.rules.yml"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
@@ -21,10 +20,7 @@ SEVERITIES = {"critical", "warning", "info"}
 
 
 def load_build():
-    spec = importlib.util.spec_from_file_location("alert_rules_build", ROOT / "alert_rules" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "alert_rules" / "build.py", "alert_rules_build")
 
 
 def promtool() -> str:

@@ -10,12 +10,11 @@ instead of the production defaults' minutes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
 
-from conftest import FAKE_NVML_DIR, ROOT
+from conftest import FAKE_NVML_DIR, ROOT, load_script
 from stack import alertmanager_server, prometheus_server, webhook_receiver  # noqa: F401  fixtures
 
 GIB = 1024**3
@@ -33,9 +32,7 @@ FAST = {
 
 
 def fast_rules(tmp_path) -> str:
-    spec = importlib.util.spec_from_file_location("alert_rules_build", ROOT / "alert_rules" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_script(ROOT / "alert_rules" / "build.py", "alert_rules_build")
     thresholds = {**build.load_thresholds(), **FAST}
     path = tmp_path / "rules.yml"
     path.write_text(build.render_rules_file(thresholds))

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 
 def run_benchmark(name: str, *args: str, timeout: float = 120) -> list[list[str]]:
@@ -89,12 +89,7 @@ def test_bench_instructions_counts_a_line():
 
 
 def can_compile() -> bool:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import compiled
-    finally:
-        sys.path.pop(0)
-    return compiled.available()
+    return load_script(ROOT / "benchmarks" / "compiled.py", "compiled").available()
 
 
 @pytest.mark.skipif(not shutil.which("valgrind") or not can_compile(),

@@ -8,13 +8,12 @@ Skipped where nothing can be compiled (no C compiler or no Python headers; CI ha
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, ExporterProcess, value
+from conftest import ROOT, ExporterProcess, load_script, value
 
 # The tests of every module build_backend.READING_PATH compiles, and of what runs beside them;
 # test_bad_input's hostile lines too, since compiled code checks types where the source carries on.
@@ -24,15 +23,8 @@ READING_TESTS = ("test_envelopes.py", "test_formats_console.py", "test_formats_s
                  "test_sources.py", "test_pods.py", "test_bad_input.py", "test_inspect.py")
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compiled = load(ROOT / "benchmarks" / "compiled.py")
-build_backend = load(ROOT / "build_backend.py")
+compiled = load_script(ROOT / "benchmarks" / "compiled.py", "compiled")
+build_backend = load_script(ROOT / "build_backend.py", "build_backend")
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="no C compiler or no Python headers")
 
 

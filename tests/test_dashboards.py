@@ -12,7 +12,6 @@ evaluates the project's alert rules, so the firing-alerts panel has alerts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import requests
 import yaml
-from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, wait_for
+from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, load_script, wait_for
 from stack import prometheus_server  # noqa: F401  fixture
 
 GIB = 1024**3
@@ -38,10 +37,7 @@ RATE_INTERVAL = "4s"
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("grafana_dashboards", ROOT / "grafana" / "dashboards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "grafana" / "dashboards.py", "grafana_dashboards")
 
 
 def committed() -> dict[str, dict]:
