@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FIXTURES, value, wait_for
+from exporter.logs.dialects import DialectChoice
 from exporter.logs.formats import LINE_FORMATS
-from exporter.logs.readers import LogSpec
+from exporter.logs.formats.hf_console import HuggingFaceConsole
+from exporter.logs.readers import LineReader, LogSpec
 from exporter.logs.sources import LogFollower
 from exporter.training.collector import TrainingCollector
 from exporter.training.signals import SignalSettings
@@ -234,3 +236,37 @@ def test_long_distinct_keys_are_not_remembered(tmp_path, exporter_process):
     # 12,000 keys of 4 KB went through: keeping any sizeable share of them would show.
     assert grown < 20, f"RSS grew by {grown:.1f} MiB"
     assert value(metrics_of(exporter), "training_dropped_keys_total", source="train.jsonl") == lines * keys_per_line - 200
+
+
+class _BuggyHuggingFace:
+    """The Hugging Face dialect with a bug: it raises something other than ParseError on a line
+    it never expected, as a dialect with a slip in it (or compiled code given a value of a type
+    its annotations deny) would."""
+
+    name = "huggingface"
+
+    def __init__(self) -> None:
+        self._dialect = HuggingFaceConsole()
+
+    def parse(self, line: str):
+        if "surprise" in line:
+            raise KeyError("surprise")
+        return self._dialect.parse(line)
+
+
+def test_a_dialects_bug_costs_the_line_it_met_not_the_lines_after_it(tmp_path, caplog):
+    log = tmp_path / "train.log"
+    lines = ["{'loss': 2.5, 'epoch': 0.1}", "{'loss': 2.4, 'surprise': 1, 'epoch': 0.2}",
+             "{'loss': 2.3, 'epoch': 0.3}", "{'loss': 2.2, 'surprise': 2, 'epoch': 0.4}", "{'loss': 2.1, 'epoch': 0.5}"]
+    log.write_text("\n".join(lines) + "\n")
+    states = TrainingStates(SignalSettings(), Vocabulary())
+    reader = LineReader(str(log), "train.log", states, LogSpec(path=str(log), format="huggingface"), 1 << 20)
+    reader.dialects = DialectChoice([_BuggyHuggingFace()], forced=True)
+    states.add_source("train.log")
+    reader.poll()
+    snapshot = states.get("train.log").snapshot()
+    assert snapshot.records["train"] == 3 and snapshot.values["loss"] == 2.1  # every line after each bug
+    assert reader.stats.parse_errors == 2 and reader.stats.lines == 5
+    assert [message for message in caplog.messages if "a dialect failed" in message] == [
+        f"source 'train.log': a dialect failed on a line of {log} (counted as a parse error; reading goes on): "
+        f"{lines[1]!r}"]  # said once per file, with its traceback

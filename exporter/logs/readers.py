@@ -205,6 +205,7 @@ class LineReader(Reader):
             (spec.format not in ("auto", None) or by_name not in ("csv", "jsonl"))
         self._by_name = by_name
         self._said_not_understood = False
+        self._said_dialect_failed = False
         self._restart()
 
     def _restart(self) -> None:
@@ -246,9 +247,11 @@ class LineReader(Reader):
                 event = scan_events(payload) if scans_events else None
                 try:
                     records = parse(payload)
-                except ParseError as error:
+                except Exception as error:  # noqa: BLE001 - a broken line, or a dialect's bug: one line lost
                     stats.parse_errors += 1
                     stats.error_examples.append((payload[:200], str(error)[:200]))
+                    if not isinstance(error, ParseError):
+                        self._say_dialect_failed(payload)
                     if event is None:
                         continue
                     records = []
@@ -268,6 +271,14 @@ class LineReader(Reader):
         if not self._said_not_understood and stats.ignored >= NOT_UNDERSTOOD_LINES \
                 and stats.ignored + stats.parse_errors >= stats.lines:
             self._say_not_understood()
+
+    def _say_dialect_failed(self, payload: str) -> None:
+        """Once per file: a dialect raised something other than ParseError (a bug, or a line it
+        never expected). The line counts as a parse error, and the lines after it are read."""
+        if not self._said_dialect_failed:
+            self._said_dialect_failed = True
+            log.exception("source %r: a dialect failed on a line of %s (counted as a parse error; reading goes on): "
+                          "%r", self.source, self.path, payload[:200])
 
     def _say_not_understood(self) -> None:
         """Once per file: none of its many lines was understood (training_log_understood is 0)."""
