@@ -63,6 +63,15 @@ def get_requires_for_build_wheel(config_settings=None):
     return required + ([MYPY] if compiling() else [])
 
 
+def get_requires_for_build_editable(config_settings=None):
+    if compiling():
+        # The extensions would sit beside the checkout's sources and be imported instead of them:
+        # every edit would be silently ignored.
+        raise SystemExit(f"{COMPILE_VARIABLE}=1 does not apply to an editable install, whose compiled modules "
+                         "would hide the sources being edited: install without -e, or unset it")
+    return build_meta.get_requires_for_build_editable(config_settings)
+
+
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     with _without_extensions():
         return build_meta.prepare_metadata_for_build_wheel(metadata_directory, config_settings)

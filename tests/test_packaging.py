@@ -13,7 +13,7 @@ from email.message import Message
 from email.parser import Parser
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 from dockerfile_parse import DockerfileParser
 
 
@@ -99,3 +99,14 @@ def test_runtime_dependencies_are_exactly_what_the_code_imports(metadata):
     # What is imported only where installed (bcrypt, the fallback password backend) is an extra.
     assert imported <= runtime | requirements["auth"], f"imported but not declared: {imported - runtime}"
     assert "requests" in requirements["test"]  # the tests' HTTP client
+
+
+def test_a_compiled_editable_install_is_refused_in_one_line(monkeypatch):
+    """Compiled modules beside the checkout's sources would be imported instead of them, and hide
+    every edit: the build backend refuses before anything is built."""
+    backend = load_script(ROOT / "build_backend.py", "build_backend")
+    monkeypatch.setenv(backend.COMPILE_VARIABLE, "1")
+    with pytest.raises(SystemExit) as refused:
+        backend.get_requires_for_build_editable()
+    assert str(refused.value).startswith("TRAINING_EXPORTER_COMPILE=1 does not apply to an editable install")
+    assert "\n" not in str(refused.value)
