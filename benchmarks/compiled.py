@@ -25,10 +25,16 @@ from typing import Iterator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_inputs() -> list[str]:
-    """What the image is built from: the paths .dockerignore lets into the build context."""
+def copy_build_context(dest: str) -> None:
+    """Copy into ``dest`` what the image is built from: the paths .dockerignore lets in."""
     with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as handle:
-        return [line[1:].strip().rstrip("/") for line in handle if line.startswith("!")]
+        names = [line[1:].strip().rstrip("/") for line in handle if line.startswith("!")]
+    for name in names:
+        if os.path.isdir(os.path.join(ROOT, name)):
+            shutil.copytree(os.path.join(ROOT, name), os.path.join(dest, name),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(os.path.join(ROOT, name), dest)
 
 
 def available() -> bool:
@@ -64,12 +70,7 @@ def build(dest: str) -> str:
     Built from a copy of the build's inputs, so that the build's own files (build/, the
     generated C) stay out of the checkout."""
     with tempfile.TemporaryDirectory() as source:
-        for name in build_inputs():
-            if os.path.isdir(os.path.join(ROOT, name)):
-                shutil.copytree(os.path.join(ROOT, name), os.path.join(source, name),
-                                ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy(os.path.join(ROOT, name), source)
+        copy_build_context(source)
         result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", dest,
                                  source], env={**os.environ, "TRAINING_EXPORTER_COMPILE": "1"},
                                 capture_output=True, text=True, timeout=1800)

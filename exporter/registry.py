@@ -53,7 +53,9 @@ class CollectorSet:
             duration.add(labels, time.perf_counter() - started)
         yield success
         yield duration
-        build = Family("training_exporter_build", "The exporter's version, source revision, runtime and reading path build (compiled or source).", "info")
+        build = Family("training_exporter_build",
+                       "The exporter's version, source revision, runtime and reading path build (compiled or source).",
+                       "info")
         build.add(self._build_labels, 1)
         yield build
 

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from .logs import lines  # the first module a line goes through: compiled with the others, or not
+
 # Set by the container image from its REVISION build argument.
 REVISION_VARIABLE = "TRAINING_EXPORTER_REVISION"
 UNKNOWN = "unknown"
@@ -21,8 +23,6 @@ def source_revision() -> str:
 def reading_path_build() -> str:
     """"compiled" where the build compiled the reading path with mypyc (the image does: see
     build_backend.py), else "source"."""
-    from .logs import lines  # the first module a line goes through; compiled with the others
-
     return "source" if lines.__file__.endswith(".py") else "compiled"
 
 

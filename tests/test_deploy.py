@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, free_port, wait_for
+from conftest import FAKE_NVML_DIR, ROOT, ExporterProcess, free_port, load_script, wait_for
 from dockerfile_parse import DockerfileParser
 
 from exporter.flags import config_from_args, serve_parser
@@ -119,9 +119,7 @@ def test_build_context_makes_the_wheel_the_image_installs(tmp_path):
     """The build stage's `pip wheel .`, from the files .dockerignore lets into the context."""
     context = tmp_path / "context"
     context.mkdir()
-    for path in ("pyproject.toml", "setup.py", "build_backend.py", "MANIFEST.in", "README.md", "LICENSE"):
-        shutil.copy(ROOT / path, context / path)
-    shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    load_script(ROOT / "benchmarks" / "compiled.py", "compiled").copy_build_context(str(context))
     result = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),
                  str(context))
     assert result.returncode == 0, result.stderr
